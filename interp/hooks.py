@@ -1,0 +1,68 @@
+"""Hook-name helpers: validation with suggestions, and the standard names per layer.
+
+The hook mechanism itself is TransformerLens's (`HookPoint`s, `run_with_cache`, `run_with_hooks`,
+`model.hooks(...)`); this module only checks and spells names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from interp.errors import InterpError, suggest
+
+
+def check_hook_names(model, names: Iterable[str]) -> list[str]:
+    """Return `names` as a list, or raise a one-line error naming the closest valid hook."""
+    names = [names] if isinstance(names, str) else list(names)
+    for name in names:
+        if name not in model.hook_dict:
+            raise InterpError(
+                f"unknown hook {name!r}{suggest(name, model.hook_dict)}; `interp info --hooks` lists them"
+            )
+    return names
+
+
+def check_layer(model, layer: int) -> int:
+    """Return `layer`, or raise when it is outside [0, n_layers)."""
+    n = model.cfg.n_layers
+    if not -n <= layer < n:
+        raise InterpError(f"layer {layer} is out of range; the model has layers 0..{n - 1}")
+    return layer % n
+
+
+def parse_layers(model, text: str | None) -> list[int]:
+    """'all', '5', '3,7,9' or '4-8' (inclusive) -> a list of checked layer indices."""
+    if text is None or text == "all":
+        return list(range(model.cfg.n_layers))
+    layers: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1) if not part.startswith("-") else (part, part)
+                layers.extend(range(int(lo), int(hi) + 1))
+            else:
+                layers.append(int(part))
+        except ValueError:
+            raise InterpError(f"cannot read layers {text!r}; write 'all', '5', '3,7' or '4-8'") from None
+    return [check_layer(model, layer) for layer in layers]
+
+
+def resid_post(layer: int) -> str:
+    return f"blocks.{layer}.hook_resid_post"
+
+
+def resid_pre(layer: int) -> str:
+    return f"blocks.{layer}.hook_resid_pre"
+
+
+def attn_out(layer: int) -> str:
+    return f"blocks.{layer}.hook_attn_out"
+
+
+def mlp_out(layer: int) -> str:
+    return f"blocks.{layer}.hook_mlp_out"
+
+
+def pattern(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_pattern"

@@ -1,0 +1,5 @@
+"""Model loading by spec: the default GGUF, local Hugging Face folders, `.gguf` paths, tiny models."""
+
+from interp.models.loader import DEFAULT_MODEL, SPECS, load_hf_model, load_model, resolve_spec
+
+__all__ = ["DEFAULT_MODEL", "SPECS", "load_hf_model", "load_model", "resolve_spec"]

@@ -1,0 +1,128 @@
+"""Turn a `--model` spec into a TransformerLens `HookedTransformer`, fully offline.
+
+Every spec resolves to a local Hugging Face folder first (the GGUF and the tiny models are written
+into the cache as such folders), and one path turns a folder into a hooked model. Weights are loaded
+without folding or centering, so every activation equals the Hugging Face model's own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from interp.cache import cache_dir
+from interp.errors import InterpError
+from interp.models import gguf, tiny
+
+DEFAULT_MODEL = "smollm2-135m"
+SPECS = (DEFAULT_MODEL, *tiny.TINY_SPECS)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _build_atomically(folder: Path, build) -> Path:
+    """Build into a temporary sibling, then rename: an interrupted build never leaves half a cache."""
+    if (folder / "config.json").is_file():
+        return folder
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    try:
+        build(tmp)
+        if not (folder / "config.json").is_file():
+            tmp.rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def resolve_spec(spec: str) -> Path:
+    """The local Hugging Face folder for `spec`, converting or building it on first use."""
+    if spec == DEFAULT_MODEL:
+        path = gguf.default_gguf_path()
+        folder = cache_dir("models") / f"{DEFAULT_MODEL}-{gguf.DEFAULT_SHA256[:12]}"
+        if not (folder / "config.json").is_file():
+            gguf.check_default_gguf(path)
+            print(f"converting {path.name} to float32 once (about 20 s)...", file=sys.stderr)
+        return _build_atomically(folder, lambda tmp: gguf.convert_gguf(path, tmp))
+    if spec in tiny.TINY_SPECS:
+        folder = cache_dir("models") / spec
+        return _build_atomically(folder, lambda tmp: tiny.write_tiny_model(spec, tmp))
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise InterpError(f"GGUF file {path} not found; pass an existing .gguf path")
+        key = gguf.sha256_of(path)[:12]
+        folder = cache_dir("models") / f"{path.stem}-{key}"
+        return _build_atomically(folder, lambda tmp: gguf.convert_gguf(path.resolve(), tmp))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise InterpError(f"{path} has no config.json; pass a Hugging Face model folder")
+        return path.resolve()
+    raise InterpError(
+        f"unknown model spec {spec!r}; use one of {', '.join(SPECS)}, a Hugging Face folder or a .gguf path"
+    )
+
+
+def _neutral_path(folder: Path) -> str:
+    """A link to `folder` whose name has no model-family words.
+
+    TransformerLens guesses the architecture from words such as "llama" or "gemma" in the name and
+    then skips reading config.json; a neutral name makes it read the folder's own config.
+    """
+    import hashlib
+
+    link = cache_dir("links") / hashlib.sha1(str(folder).encode()).hexdigest()[:16]
+    if not link.exists():
+        try:
+            link.symlink_to(folder, target_is_directory=True)
+        except FileExistsError:
+            pass
+    return str(link)
+
+
+def load_hf_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32):
+    """The plain Hugging Face model and tokenizer for `spec` (for comparisons and saving)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = resolve_spec(spec)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(folder)
+
+
+def load_model(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """A `HookedTransformer` for `spec` whose hooks carry TransformerLens names.
+
+    No BOS token is prepended by default (SmolLM2's tokenizer adds none either); `model.cfg.spec`
+    remembers the spec so results can say which model made them.
+    """
+    from transformer_lens import HookedTransformer
+    from transformer_lens import loading_from_pretrained as loading
+
+    folder = resolve_spec(spec)
+    hf_model, tokenizer = load_hf_model(spec, dtype)
+    try:
+        cfg = loading.get_pretrained_model_config(
+            _neutral_path(folder), fold_ln=False, device=device, dtype=dtype, default_prepend_bos=False
+        )
+    except (ValueError, NotImplementedError, KeyError) as e:
+        raise InterpError(f"TransformerLens cannot map {folder} ({e}); pass a supported architecture") from e
+    state = loading.get_pretrained_state_dict(_neutral_path(folder), cfg, hf_model=hf_model, dtype=dtype)
+    del hf_model
+    with contextlib.redirect_stdout(sys.stderr):  # TransformerLens prints while moving devices
+        model = HookedTransformer(cfg, tokenizer, move_to_device=False, default_padding_side="right")
+        model.load_and_process_state_dict(
+            state, fold_ln=False, center_writing_weights=False, center_unembed=False,
+            fold_value_biases=False, refactor_factored_attn_matrices=False,
+        )
+        model.to(device)
+    model.eval()
+    model.cfg.spec = spec
+    model.cfg.model_name = Path(spec).stem if spec not in SPECS else spec
+    return model

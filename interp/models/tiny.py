@@ -1,0 +1,63 @@
+"""Seeded random models of a few layers, for tests and quick demos, with a byte-level tokenizer.
+
+They are written once as ordinary Hugging Face folders, so they load through the same path as any
+local model and never touch the hub.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+TINY_SPECS = ("tiny-llama", "tiny-gpt2")
+_SEED = 0
+
+
+def byte_tokenizer():
+    """A byte-level tokenizer: 256 byte tokens plus <|endoftext|>; no downloads, no merges."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    vocab["<|endoftext|>"] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
+
+
+def _config(spec: str):
+    from transformers import GPT2Config, LlamaConfig
+
+    vocab = 257
+    if spec == "tiny-llama":
+        return LlamaConfig(
+            vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+            rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=256, eos_token_id=256,
+            pad_token_id=256,
+        )
+    return GPT2Config(
+        vocab_size=vocab, n_embd=64, n_layer=3, n_head=4, n_positions=512, n_ctx=512,
+        bos_token_id=256, eos_token_id=256, pad_token_id=256,
+    )
+
+
+def write_tiny_model(spec: str, folder: Path) -> Path:
+    """Build the seeded model `spec` and save it (weights + tokenizer) as a Hugging Face folder."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(_SEED)
+    model = AutoModelForCausalLM.from_config(_config(spec), dtype=torch.float32)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    return folder
