@@ -1,0 +1,190 @@
+"""Text corpora that need no download, and packing them into token batches.
+
+The built-in corpus is text that ships with Python itself: the pydoc topic pages, the docstrings of
+the standard library (about 560k tokens of prose) and the standard library's source files (several
+million tokens of code), shuffled together. `--corpus`
+takes a text file, a folder of them, JSONL, Parquet, or a local Hugging Face dataset folder.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import random
+import sys
+import sysconfig
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+from interp.cache import cache_dir
+from interp.errors import InterpError
+
+BUILTIN = "python-docs"
+TEXT_SUFFIXES = {".txt", ".md", ".rst"}
+
+
+@dataclasses.dataclass
+class Corpus:
+    """An iterable of documents (strings); `name` identifies it in cache keys."""
+
+    name: str
+    documents: Callable[[], Iterator[str]]
+
+    def __iter__(self) -> Iterator[str]:
+        return (doc for doc in self.documents() if doc.strip())
+
+
+def _module_docstrings(path: Path) -> str:
+    """All docstrings of one source file, joined; '' when the file does not parse."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (SyntaxError, UnicodeDecodeError, ValueError):
+        return ""
+    nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)))]
+    docs = [ast.get_docstring(n) for n in nodes]
+    return "\n\n".join(d for d in docs if d and len(d) > 40)
+
+
+def _build_python_docs(target: Path) -> None:
+    import pydoc_data.topics
+
+    docs = [text for _, text in sorted(pydoc_data.topics.topics.items())]
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"site-packages", "test", "tests", "idle_test", "lib2to3"}
+    for path in sorted(stdlib.rglob("*.py")):
+        if skip.isdisjoint(path.relative_to(stdlib).parts):
+            docs.append(_module_docstrings(path))
+            docs.append(path.read_text(encoding="utf-8", errors="replace"))
+    docs = [d for d in docs if d.strip()]
+    random.Random(0).shuffle(docs)  # mix topics and modules so any prefix is varied
+    tmp = target.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        for doc in docs:
+            f.write(json.dumps({"text": doc}) + "\n")
+    tmp.rename(target)
+
+
+def builtin_corpus() -> Corpus:
+    """Python's own documentation text, built once and cached as JSONL."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    path = cache_dir("corpus") / f"{BUILTIN}-{version}.jsonl"
+    if not path.is_file():
+        _build_python_docs(path)
+    corpus = _jsonl(path)
+    return Corpus(BUILTIN, corpus.documents)
+
+
+def _text_field(record: dict, source: Path) -> str:
+    if isinstance(record.get("text"), str):
+        return record["text"]
+    for value in record.values():
+        if isinstance(value, str):
+            return value
+    raise InterpError(f"{source}: a record has no text field; give each record a 'text' string")
+
+
+def _jsonl(path: Path) -> Corpus:
+    def docs() -> Iterator[str]:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        yield _text_field(json.loads(line), path)
+                    except json.JSONDecodeError:
+                        raise InterpError(f"{path}:{n} is not valid JSON; fix that line") from None
+    return Corpus(path.name, docs)
+
+
+def _parquet(path: Path) -> Corpus:
+    import pandas as pd
+
+    def docs() -> Iterator[str]:
+        frame = pd.read_parquet(path)
+        if "text" not in frame.columns:
+            raise InterpError(f"{path} has no 'text' column (columns: {list(frame.columns)}); rename the text column")
+        yield from frame["text"].astype(str)
+    return Corpus(path.name, docs)
+
+
+def _hf_dataset(path: Path) -> Corpus:
+    def docs() -> Iterator[str]:
+        import datasets
+
+        data = datasets.load_from_disk(str(path))
+        if isinstance(data, datasets.DatasetDict):
+            data = data["train"] if "train" in data else next(iter(data.values()))
+        if "text" not in data.column_names:
+            raise InterpError(f"{path} has no 'text' column (columns: {data.column_names}); rename the text column")
+        yield from data["text"]
+    return Corpus(path.name, docs)
+
+
+def _file(path: Path) -> Corpus:
+    if path.suffix == ".jsonl":
+        return _jsonl(path)
+    if path.suffix == ".parquet":
+        return _parquet(path)
+    return Corpus(path.name, lambda: iter([path.read_text(encoding="utf-8", errors="replace")]))
+
+
+def _folder(path: Path) -> Corpus:
+    if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+        return _hf_dataset(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES | {".jsonl", ".parquet"})
+    if not files:
+        raise InterpError(f"{path} holds no .txt, .md, .jsonl or .parquet files; point --corpus at text")
+
+    def docs() -> Iterator[str]:
+        for file in files:
+            yield from _file(file).documents()
+    return Corpus(path.name, docs)
+
+
+def load_corpus(spec: str | Path | None = None) -> Corpus:
+    """The corpus named by `spec`: None or 'python-docs' for the built-in one, else a path."""
+    if spec is None or str(spec) in (BUILTIN, "builtin"):
+        return builtin_corpus()
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _folder(path)
+    if path.is_file():
+        return _file(path)
+    raise InterpError(f"corpus {spec!r} not found; pass a text/JSONL/Parquet file, a folder, or 'python-docs'")
+
+
+def token_batches(
+    model, corpus: Corpus, batch_size: int = 16, seq_len: int = 128, max_tokens: int | None = None,
+) -> Iterator[torch.Tensor]:
+    """Pack the corpus into [batch, seq_len] token batches, documents separated by EOS.
+
+    Stops after `max_tokens` tokens (whole rows); the last batch may have fewer rows. Raises when the
+    corpus yields no full row at all.
+    """
+    if batch_size < 1 or seq_len < 2:
+        raise InterpError("batch size must be >= 1 and sequence length >= 2")
+    tokenizer = model.tokenizer
+    eos = tokenizer.eos_token_id
+    budget_rows = None if max_tokens is None else max(1, max_tokens // seq_len)
+    buffer: list[int] = []
+    rows: list[list[int]] = []
+    emitted = 0
+    for doc in corpus:
+        buffer.extend(tokenizer(doc, add_special_tokens=False)["input_ids"])
+        if eos is not None:
+            buffer.append(eos)
+        while len(buffer) >= seq_len:
+            rows.append(buffer[:seq_len])
+            buffer = buffer[seq_len:]
+            emitted += 1
+            if len(rows) == batch_size or emitted == budget_rows:
+                yield torch.tensor(rows, dtype=torch.long)
+                rows = []
+            if emitted == budget_rows:
+                return
+    if rows:
+        yield torch.tensor(rows, dtype=torch.long)
+    elif emitted == 0:
+        raise InterpError(f"corpus {corpus.name!r} has fewer than {seq_len} tokens; give it more text")
