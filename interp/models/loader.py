@@ -8,6 +8,7 @@ without folding or centering, so every activation equals the Hugging Face model'
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import sys
@@ -89,21 +90,24 @@ def _neutral_path(folder: Path) -> str:
 def load_hf_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32):
     """The plain Hugging Face model and tokenizer for `spec` (for comparisons and saving)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     folder = resolve_spec(spec)
+    hf_logging.disable_progress_bar()  # a bar per load drowns the useful progress output
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     model.eval()
     return model, AutoTokenizer.from_pretrained(folder)
 
 
 def load_model(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """A `HookedTransformer` for `spec` whose hooks carry TransformerLens names.
+    """A `HookedModel` (a TransformerLens `HookedTransformer`) for `spec`.
 
     No BOS token is prepended by default (SmolLM2's tokenizer adds none either); `model.cfg.spec`
     remembers the spec so results can say which model made them.
     """
-    from transformer_lens import HookedTransformer
     from transformer_lens import loading_from_pretrained as loading
+
+    from interp.models.hooked import HookedModel
 
     folder = resolve_spec(spec)
     hf_model, tokenizer = load_hf_model(spec, dtype)
@@ -115,8 +119,8 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype: torch.dtyp
         raise InterpError(f"TransformerLens cannot map {folder} ({e}); pass a supported architecture") from e
     state = loading.get_pretrained_state_dict(_neutral_path(folder), cfg, hf_model=hf_model, dtype=dtype)
     del hf_model
-    with contextlib.redirect_stdout(sys.stderr):  # TransformerLens prints while moving devices
-        model = HookedTransformer(cfg, tokenizer, move_to_device=False, default_padding_side="right")
+    with contextlib.redirect_stdout(io.StringIO()):  # TransformerLens prints while moving devices
+        model = HookedModel(cfg, tokenizer, move_to_device=False, default_padding_side="right")
         model.load_and_process_state_dict(
             state, fold_ln=False, center_writing_weights=False, center_unembed=False,
             fold_value_biases=False, refactor_factored_attn_matrices=False,

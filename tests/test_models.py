@@ -1,0 +1,126 @@
+"""Model loading by spec, and the hooked model's mechanics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from interp.errors import InterpError
+from interp.models import HookedModel, load_hf_model, load_model, resolve_spec
+
+
+@pytest.mark.parametrize("spec", ["tiny-llama", "tiny-gpt2"])
+def test_tiny_models_match_huggingface(spec):
+    model = load_model(spec)
+    hf, tok = load_hf_model(spec)
+    ids = tok("The Eiffel Tower is in Paris.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.allclose(model(ids), hf(ids).logits, atol=1e-4)
+
+
+def test_tiny_models_are_seeded():
+    a, b = load_model("tiny-llama"), load_model("tiny-llama")
+    assert torch.equal(a.W_E, b.W_E)
+    assert isinstance(a, HookedModel)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+def test_every_hook_fires(fixture, request):
+    model = request.getfixturevalue(fixture)
+    model.expose_all_hooks(True)
+    try:
+        _, cache = model.run_with_cache(model.to_tokens("every hook fires"))
+    finally:
+        model.expose_all_hooks(False)
+    # grouped-query attention has split q/k/v inputs instead of one attention input
+    unfired = {f"blocks.{l}.hook_attn_in" for l in range(3)} if model.cfg.n_key_value_heads else set()
+    assert set(cache.keys()) == set(model.hook_dict) - unfired
+
+
+def test_cache_filtering_and_stop_at_layer(tiny_llama):
+    tokens = tiny_llama.to_tokens("filter me")
+    _, cache = tiny_llama.run_with_cache(tokens, names_filter=["blocks.1.hook_resid_post"])
+    assert list(cache.keys()) == ["blocks.1.hook_resid_post"]
+    _, cache = tiny_llama.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+    assert sorted(cache.keys()) == [f"blocks.{l}.attn.hook_pattern" for l in range(3)]
+    resid, cache = tiny_llama.run_with_cache(tokens, names_filter=lambda n: "resid_post" in n, stop_at_layer=2)
+    assert sorted(cache.keys()) == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    assert torch.equal(resid, cache["blocks.1.hook_resid_post"])
+
+
+def test_hook_typo_suggests_close_names(tiny_llama):
+    tokens = tiny_llama.to_tokens("typo")
+    with pytest.raises(InterpError, match="did you mean: blocks.0.hook_resid_post"):
+        tiny_llama.run_with_cache(tokens, names_filter=["blocks.0.hook_resid_pots"])
+    with pytest.raises(InterpError, match="blocks.1.mlp.hook_post"):
+        tiny_llama.run_with_hooks(tokens, fwd_hooks=[("blocks.1.mlp.hook_psot", lambda x, hook: x)])
+
+
+def test_hooks_change_output_and_are_removed_after_errors(tiny_llama):
+    tokens = tiny_llama.to_tokens("remove me")
+    clean = tiny_llama(tokens)
+
+    def zero(x, hook):
+        return torch.zeros_like(x)
+
+    patched = tiny_llama.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_attn_out", zero)])
+    assert not torch.allclose(patched, clean)
+
+    def boom(x, hook):
+        raise RuntimeError("hook failed")
+
+    with pytest.raises(RuntimeError, match="hook failed"):
+        with tiny_llama.hooks(fwd_hooks=[("blocks.0.hook_mlp_out", zero), ("blocks.1.hook_mlp_out", boom)]):
+            tiny_llama(tokens)
+    assert torch.equal(tiny_llama(tokens), clean)
+    assert all(not hp.fwd_hooks for hp in tiny_llama.hook_dict.values())
+
+
+def test_unknown_spec_and_missing_folder(tmp_path):
+    with pytest.raises(InterpError, match="unknown model spec"):
+        resolve_spec("gpt-17")
+    with pytest.raises(InterpError, match="no config.json"):
+        resolve_spec(str(tmp_path))
+    with pytest.raises(InterpError, match="not found"):
+        resolve_spec(str(tmp_path / "missing.gguf"))
+
+
+def test_bad_gguf_is_refused(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(InterpError, match="cannot read"):
+        resolve_spec(str(bad))
+
+
+def test_checksum_mismatch_is_refused(tmp_path, monkeypatch):
+    from interp.models import gguf
+
+    fake = tmp_path / gguf.DEFAULT_GGUF
+    fake.write_bytes(b"x" * 10)
+    with pytest.raises(InterpError, match="expected 98,362,432"):
+        gguf.check_default_gguf(fake)
+    monkeypatch.setattr(gguf, "DEFAULT_SIZE", 10)
+    with pytest.raises(InterpError, match="fails its checksum"):
+        gguf.check_default_gguf(fake)
+
+
+def test_local_folder_spec_loads(tmp_path):
+    """A Hugging Face folder (here the tiny model's, copied under a name with 'llama' in it) loads."""
+    import shutil
+
+    folder = tmp_path / "my-llama-model"
+    shutil.copytree(resolve_spec("tiny-llama"), folder)
+    model = load_model(str(folder))
+    assert model.cfg.n_layers == 3
+    assert torch.equal(model.W_E, load_model("tiny-llama").W_E)
+
+
+@pytest.mark.real
+def test_default_model_loads_offline_and_matches_huggingface(smollm):
+    hf, tok = load_hf_model("smollm2-135m")
+    ids = tok("The Eiffel Tower is located in the city of", return_tensors="pt").input_ids
+    with torch.no_grad():
+        ours, theirs = smollm(ids), hf(ids).logits
+    assert (ours - theirs).abs().max() < 1e-4
+    assert tok.decode(ours[0, -1].argmax()) == " Paris"
+    assert (smollm.cfg.n_layers, smollm.cfg.d_model, smollm.cfg.n_heads) == (30, 576, 9)
