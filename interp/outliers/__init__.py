@@ -1,0 +1,21 @@
+"""Extreme-token phenomena: massive activations, attention sinks, value drains, residual peaks and
+secondary sinks; what massive activations do (perplexity when zeroed or set to their mean); and how
+all of it emerges over training checkpoints.
+
+    from interp.outliers import analyze_outliers
+    report = analyze_outliers(model)            # built-in corpus, 2,048 tokens
+    print(report.massive.summary()); report.sinks.figure().show()
+"""
+
+from interp.outliers.analyze import OutlierAnalysis, analyze_outliers
+from interp.outliers.drains import DrainResult, value_drains
+from interp.outliers.interventions import InterventionResult, massive_intervention
+from interp.outliers.massive import MassiveResult, massive_activations
+from interp.outliers.secondary import SecondaryResult, secondary_sinks
+from interp.outliers.sinks import SinkResult, attention_sinks
+
+__all__ = [
+    "DrainResult", "InterventionResult", "MassiveResult", "OutlierAnalysis", "SecondaryResult", "SinkResult",
+    "analyze_outliers", "attention_sinks", "massive_activations", "massive_intervention", "secondary_sinks",
+    "value_drains",
+]

@@ -1,0 +1,181 @@
+"""Secondary attention sinks (Wong et al., On the Existence and Behavior of Secondary Attention Sinks):
+tokens other than the first whose hidden state points the same way as the first token's
+(|cos| > 0.9) in middle layers, for a run of consecutive layers, and the attention they draw there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import pandas as pd
+import torch
+
+from interp.errors import InterpError
+from interp.outliers.common import (DEFAULT_BATCH, DEFAULT_SEQ_LEN, DEFAULT_TOKENS, Collector, Hook, TokenSource,
+                                    check_fraction, hidden_state_names, model_name, run_collectors)
+from interp.outliers.sinks import token_importance
+from interp.results import Result, register_result
+
+EVENT_COLUMNS = ["seq", "position", "token", "start_layer", "end_layer", "n_layers", "mean_cos", "attention",
+                 "first_attention"]
+
+
+def default_layers(model) -> list[int]:
+    """Hidden states 1..L-1: every block output but the last (the embeddings repeat tokens trivially)."""
+    return list(range(1, model.cfg.n_layers))
+
+
+def runs(flags: list[bool]) -> list[tuple[int, int]]:
+    """[start, end] index pairs of the runs of True in `flags`."""
+    out, start = [], None
+    for i, flag in enumerate([*flags, False]):
+        if flag and start is None:
+            start = i
+        elif not flag and start is not None:
+            out.append((start, i - 1))
+            start = None
+    return out
+
+
+class SecondaryCollector(Collector):
+    """Per batch: cosine with the first token and attention received at each scanned layer, then runs."""
+
+    def __init__(self, model, threshold: float = 0.9, layers: Sequence[int] | None = None):
+        super().__init__(model)
+        self.threshold = check_fraction("the cosine threshold", threshold)
+        self.layers = sorted(set(default_layers(model) if layers is None else layers))
+        L = model.cfg.n_layers
+        if not self.layers or not all(1 <= l < L for l in self.layers):
+            raise InterpError(f"secondary-sink layers must lie in 1..{L - 1} (hidden states read by a block)")
+        self.cos: dict[int, torch.Tensor] = {}
+        self.attention: dict[int, torch.Tensor] = {}
+        self.events: list[list] = []
+        self.example_cos = torch.empty(0)
+
+    def hooks(self) -> list[Hook]:
+        names = hidden_state_names(self.model)
+        return ([(names[l], self._cos_hook(l)) for l in self.layers]
+                + [(f"blocks.{l}.attn.hook_pattern", self._attention_hook(l)) for l in self.layers])
+
+    def _cos_hook(self, layer: int):
+        def fn(act: torch.Tensor, hook) -> None:
+            act = act.detach().float()
+            self.cos[layer] = torch.nn.functional.cosine_similarity(act, act[:, :1], dim=-1).cpu()
+        return fn
+
+    def _attention_hook(self, layer: int):
+        def fn(pattern: torch.Tensor, hook) -> None:
+            self.attention[layer] = token_importance(pattern.detach().float()).mean(1).cpu()
+        return fn
+
+    def end(self) -> None:
+        cos = torch.stack([self.cos[l] for l in self.layers], 1)  # [B, nL, T]
+        attention = torch.stack([self.attention[l] for l in self.layers], 1)
+        if self.n_sequences == 0:
+            self.example_cos = cos[0]
+        flags = cos.abs() > self.threshold
+        flags[:, :, 0] = False
+        lo, index = self.layers[0], {l: i for i, l in enumerate(self.layers)}
+        for b, t in flags.any(1).nonzero().tolist():
+            token = self.model.to_single_str_token(int(self.tokens[b, t]))
+            by_layer = [l in index and bool(flags[b, index[l], t]) for l in range(lo, self.layers[-1] + 1)]
+            for start, end in runs(by_layer):
+                i, j = index[lo + start], index[lo + end]
+                self.events.append([
+                    self.n_sequences + b, t, token, lo + start, lo + end, j - i + 1,
+                    float(cos[b, i:j + 1, t].abs().mean()), float(attention[b, i:j + 1, t].mean()),
+                    float(attention[b, i:j + 1, 0].mean()),
+                ])
+        super().end()
+
+    def result(self, source: str) -> SecondaryResult:
+        return SecondaryResult(
+            model=model_name(self.model), source=source, n_sequences=self.n_sequences, n_tokens=self.n_tokens,
+            threshold=self.threshold, layers=self.layers, events=pd.DataFrame(self.events, columns=EVENT_COLUMNS),
+            example_tokens=self.example_tokens or [], example_cos=self.example_cos,
+        )
+
+
+@register_result
+@dataclasses.dataclass
+class SecondaryResult(Result):
+    """Every run of layers over which a non-first token's hidden state aligns with the first token's."""
+
+    kind = "secondary_sinks"
+    model: str
+    source: str
+    n_sequences: int
+    n_tokens: int
+    threshold: float
+    layers: list[int]  # scanned hidden-state layers
+    events: pd.DataFrame  # one row per (sequence, position, run of layers)
+    example_tokens: list[str]
+    example_cos: torch.Tensor  # [len(layers), T] cosine with the first token, first sequence
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.events
+
+    def tokens(self) -> pd.DataFrame:
+        """Per token string: how many secondary sinks, their typical layers and the attention they draw."""
+        if self.events.empty:
+            return pd.DataFrame(columns=["token", "count", "start_layer", "n_layers", "attention"])
+        g = self.events.groupby("token", as_index=False).agg(
+            count=("seq", "size"), start_layer=("start_layer", "median"), n_layers=("n_layers", "mean"),
+            attention=("attention", "mean"))
+        return g.sort_values("count", ascending=False, ignore_index=True)
+
+    def per_layer(self) -> pd.Series:
+        """Number of secondary sinks alive at each scanned layer, per sequence."""
+        alive = {l: 0 for l in self.layers}
+        for row in self.events.itertuples():
+            for l in range(row.start_layer, row.end_layer + 1):
+                alive[l] += 1
+        return pd.Series(alive, name="per_sequence") / max(self.n_sequences, 1)
+
+    def summary(self) -> str:
+        e = self.events
+        head = (f"secondary sinks (|cos| > {self.threshold:g} with the first token, layers "
+                f"{self.layers[0]}-{self.layers[-1]}) in {self.model} over {self.n_tokens} tokens "
+                f"({self.n_sequences} sequences, {self.source})")
+        if e.empty:
+            return head + "\nno secondary sinks found"
+        alive = self.per_layer()
+        busiest = alive[alive > 0]
+        return "\n".join([
+            head,
+            f"{len(e)} secondary sinks ({len(e) / max(self.n_sequences, 1):.1f} per sequence); lifetime "
+            f"{e['n_layers'].median():.0f} layers (median, max {e['n_layers'].max()}); they draw "
+            f"{e['attention'].mean():.3f} attention per query vs {e['first_attention'].mean():.3f} for the first "
+            "token in the same layers",
+            "present in layers " + ", ".join(f"{l}:{v:.1f}" for l, v in busiest.items()) + " (per sequence)",
+            "most frequent tokens:",
+            self.tokens().head(10).to_string(index=False, float_format="{:.2f}".format),
+        ])
+
+    def figure(self):
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        fig = make_subplots(rows=1, cols=2, column_widths=[0.3, 0.7], subplot_titles=(
+            "secondary sinks alive per layer (per sequence)", "|cos| with the first token, first sequence"))
+        alive = self.per_layer()
+        fig.add_trace(go.Bar(x=alive.values.tolist(), y=alive.index.tolist(), orientation="h",
+                             name="alive"), 1, 1)
+        fig.add_trace(go.Heatmap(
+            z=self.example_cos.abs().tolist(), y=self.layers, zmin=0, zmax=1, colorscale="Purples",
+            x=[f"{i}:{t}" for i, t in enumerate(self.example_tokens)],
+            hovertemplate="layer %{y}<br>token %{x}<br>|cos| %{z:.3f}<extra></extra>"), 1, 2)
+        fig.update_yaxes(title_text="layer", row=1, col=1)
+        fig.update_layout(title=f"Secondary sinks in {self.model} ({self.source})", height=600)
+        return fig
+
+
+def secondary_sinks(model, prompts: Sequence[str] | None = None, corpus=None, *, max_tokens: int = DEFAULT_TOKENS,
+                    batch_size: int = DEFAULT_BATCH, seq_len: int = DEFAULT_SEQ_LEN, threshold: float = 0.9,
+                    layers: Sequence[int] | None = None) -> SecondaryResult:
+    """Tokens whose hidden state aligns with the first token's over a run of middle layers."""
+    collector = SecondaryCollector(model, threshold, layers)
+    source = TokenSource(model, prompts, corpus, max_tokens, batch_size, seq_len)
+    run_collectors(model, source, [collector], desc="secondary sinks")
+    return collector.result(source.name)
