@@ -1,0 +1,167 @@
+"""The Dash app: routing, home page, and a small local server (loopback, free-port fallback).
+
+Pages:  /                         workspace overview
+        /attention[?prompt=|saved=] attention browser
+        /result/<kind>/<name>     one saved result (views registry)
+        /features/<name>          SAE feature list (?q=&sort=&page=)
+        /features/<name>/<id>     one feature
+
+Every script and stylesheet is served by this server from the installed packages (Dash's
+`serve_locally`, plus `assets/`), so the pages work with no internet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+import traceback
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+from dash import Dash, Input, Output, dcc, html
+
+from dashboards.attention import attention_page, register_attention_callbacks
+from dashboards.components import message, register_downloads
+from dashboards.context import Context
+from dashboards.feature_store import FEATURES_DIR, feature_set_names
+from dashboards.features import feature_list_page, feature_page, register_feature_callbacks
+from dashboards.views import result_page
+from interp.errors import InterpError
+from interp.workspace import Workspace
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+def create_app(workspace: str | Path, model_spec: str | None = None, device: str = "cpu") -> Dash:
+    """A dashboard over `workspace`; with `model_spec`, typed prompts run on that model (loaded lazily)."""
+    ctx = Context(workspace, model_spec, device)
+    app = Dash(__name__, assets_folder=str(ASSETS), serve_locally=True, title="interp dashboard",
+               update_title=None, suppress_callback_exceptions=True)
+    app.layout = lambda: html.Div([dcc.Location(id="url"), _nav(ctx), html.Div(id="page", className="page")])
+    app.enable_dev_tools(debug=False, dev_tools_disable_version_check=True)  # no call home, ever
+    app.interp_context = ctx
+
+    @app.callback(Output("page", "children"), Input("url", "pathname"), Input("url", "search"))
+    def route(pathname, search):
+        return render(ctx, pathname, search)
+
+    register_downloads(app)
+    register_attention_callbacks(app, ctx)
+    register_feature_callbacks(app, ctx)
+    return app
+
+
+def _nav(ctx: Context) -> html.Div:
+    links = [dcc.Link("interp", href="/"), dcc.Link("Attention", href="/attention")]
+    if ctx.workspace_problem() is None:
+        links += [dcc.Link(f"Features: {name}", href=f"/features/{name}") for name in feature_set_names(ctx)]
+    return html.Div(links + [html.Span(str(ctx.root), className="muted")], className="nav")
+
+
+def render(ctx: Context, pathname: str | None, search: str | None) -> list[Any]:
+    """The children of the page at `pathname`; bad input and broken files become messages."""
+    parts = [urllib.parse.unquote(p) for p in (pathname or "/").strip("/").split("/") if p]
+    query = {k: v[-1] for k, v in urllib.parse.parse_qs((search or "").lstrip("?")).items()}
+    try:
+        if parts == ["attention"]:
+            return attention_page(ctx, query)
+        problem = ctx.workspace_problem()
+        if problem:
+            return [message(problem, "error")]
+        if not parts:
+            return home_page(ctx)
+        if parts[0] == "result" and len(parts) == 3:
+            return result_page(ctx, parts[1], parts[2])
+        if parts[0] == "features" and len(parts) == 2:
+            return feature_list_page(ctx, parts[1], query)
+        if parts[0] == "features" and len(parts) == 3 and parts[2].isdigit():
+            return feature_page(ctx, parts[1], int(parts[2]))
+        return [message(f"There is no page at {pathname}; start from the home page.", "error")]
+    except InterpError as e:
+        return [message(str(e), "error")]
+    except Exception as e:  # a page, not a stack trace, for files that are broken in unforeseen ways
+        traceback.print_exc(file=sys.stderr)
+        return [message(f"Could not build this page ({type(e).__name__}: {e}). The workspace may be "
+                        "half-written or from another version; re-run the analysis that wrote it.", "error")]
+
+
+def _prompt_of(path: Path) -> str:
+    try:
+        prompt = json.loads((path / "result.json").read_text())["json"].get("prompt")
+    except (OSError, ValueError, KeyError, AttributeError):
+        return ""
+    return prompt if isinstance(prompt, str) else ""
+
+
+def _incomplete(ctx: Context) -> list[str]:
+    """Result folders that are still being written or were interrupted (no result.json)."""
+    return [f"{kind.name}/{folder.name}" for kind in ctx.root.iterdir()
+            if kind.is_dir() and not kind.name.startswith(".") and kind.name != FEATURES_DIR
+            for folder in kind.iterdir() if folder.is_dir() and not (folder / "result.json").is_file()]
+
+
+def home_page(ctx: Context) -> list[Any]:
+    entries = Workspace(ctx.root).entries()
+    parts: list[Any] = [html.H2("Workspace"), html.P(str(ctx.root), className="muted")]
+    incomplete = _incomplete(ctx)
+    if incomplete:
+        parts.append(message(f"Skipped {len(incomplete)} incomplete folder(s) (still being written, or "
+                             f"interrupted): {', '.join(incomplete[:5])}"))
+    names = feature_set_names(ctx)
+    if not entries and not names:
+        parts.append(message("This workspace has no saved results yet. Save one with `--workspace "
+                             f"{ctx.root}` on any command, e.g. `interp lens \"The capital of France is\" "
+                             f"--workspace {ctx.root}`."))
+    if entries:
+        rows = [html.Tr([html.Td(e.kind), html.Td(dcc.Link(e.name, href=f"/result/{e.kind}/{e.name}")),
+                         html.Td(time.strftime("%Y-%m-%d %H:%M", time.localtime(e.created))),
+                         html.Td(_prompt_of(e.path), className="toks")]) for e in entries]
+        header = html.Tr([html.Th(t) for t in ("kind", "result", "saved", "prompt")])
+        parts += [html.H3("Saved results"), html.Table([header] + rows, className="list", id="results")]
+    if names:
+        parts += [html.H3("SAE features"),
+                  html.Ul([html.Li(dcc.Link(n, href=f"/features/{n}")) for n in names], id="feature-sets")]
+    parts.append(html.P(dcc.Link("Attention browser", href="/attention")))
+    return parts
+
+
+class Server:
+    """A threaded local HTTP server for the app; falls back to a free port if `port` is taken."""
+
+    def __init__(self, app: Dash, host: str = "127.0.0.1", port: int = 8050):
+        from werkzeug.serving import make_server
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        try:
+            self._server = make_server(host, port, app.server, threaded=True)
+        except OSError:
+            self._server = make_server(host, 0, app.server, threaded=True)
+        self.port = self._server.server_port
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{self.port}/"
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Server:
+        """Serve in a background thread (for tests and notebooks); returns self."""
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._server.serve_forever()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

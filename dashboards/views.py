@@ -1,0 +1,184 @@
+"""Result pages: a registry from Result kind to page builder, with a generic view for every other kind.
+
+A module that defines a new Result kind can give it a richer page with
+
+    from dashboards.views import register_view, figure_section, table_section
+
+    @register_view("trace")
+    def trace_view(result, entry, ctx):
+        key = entry_key(entry)
+        return [figure_section(result.figure(), key), table_section(result.to_frame(), key)]
+
+Kinds without a view get `generic_view` (summary text, `figure()`, `to_frame()` table), and folders
+whose kind no imported module registers get `raw_view` (the stored JSON, tables and tensors).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import re
+import sys
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from dash import dcc, html
+
+from dashboards.components import frame_table, graph, message
+from dashboards.context import Context, check_name
+from dashboards.figures import tensor_figure
+from interp.errors import InterpError
+from interp.results import RESULT_KINDS, Result
+from interp.workspace import Entry, Workspace
+
+ViewFn = Callable[[Result, Entry, Context], list[Any]]
+VIEWS: dict[str, ViewFn] = {}
+ANALYSIS_PACKAGES = ("interp", "circuits", "probes")
+_searched: set[str] = set()
+
+
+def register_view(kind: str) -> Callable[[ViewFn], ViewFn]:
+    """Decorator: `fn(result, entry, ctx) -> list of components` becomes the page of results of `kind`."""
+
+    def add(fn: ViewFn) -> ViewFn:
+        VIEWS[kind] = fn
+        return fn
+
+    return add
+
+
+# -- building blocks for views -------------------------------------------------------------------
+def entry_key(entry: Entry) -> str:
+    """A page-unique id for the figures and tables of one saved result."""
+    return f"{entry.kind}-{entry.name}"
+
+
+def figure_section(fig, key: str) -> html.Div:
+    return graph(fig, key)
+
+
+def table_section(frame, key: str, title: str = "Table") -> html.Div:
+    return html.Div([html.H3(title), frame_table(frame, key)], className="section")
+
+
+def summary_section(result: Result) -> html.Pre:
+    return html.Pre(result.summary(), className="summary")
+
+
+def _attempt(build: Callable[[], Any], what: str) -> Any:
+    """Run one section builder; a failure becomes a message instead of breaking the page."""
+    try:
+        return build()
+    except NotImplementedError:
+        return message(f"This result has no {what}.")
+    except Exception as e:  # a broken section must not hide the rest of the page
+        print(f"dashboard: {what} failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return message(f"Could not build the {what}: {type(e).__name__}: {e}", "error")
+
+
+def attention_link(result: Result) -> html.Div | None:
+    """A link that opens the result's prompt in the attention browser, when it has one."""
+    prompt = getattr(result, "prompt", None)
+    if not isinstance(prompt, str) or not prompt:
+        return None
+    return html.Div(dcc.Link("Open this prompt in the attention browser",
+                             href="/attention?" + urllib.parse.urlencode({"prompt": prompt})))
+
+
+def generic_view(result: Result, entry: Entry, ctx: Context) -> list[Any]:
+    """Summary, `figure()` and `to_frame()`: works for any registered Result kind."""
+    key = entry_key(entry)
+    return [
+        attention_link(result),
+        _attempt(lambda: figure_section(result.figure(), key), "figure"),
+        _attempt(lambda: table_section(result.to_frame(), key), "table"),
+        html.H3("Summary"),
+        _attempt(lambda: summary_section(result), "summary"),
+    ]
+
+
+@register_view("lens")
+def lens_view(result, entry: Entry, ctx: Context) -> list[Any]:
+    """Logit lens: the figure, per-layer table and the direct logit attribution table."""
+    table = table_section(result.dla_frame(), entry_key(entry) + "-dla", "Direct logit attribution")
+    return generic_view(result, entry, ctx)[:3] + [table]
+
+
+# -- loading -------------------------------------------------------------------------------------
+def import_kind(kind: str) -> None:
+    """Import the analysis modules that define Result `kind`, so that it (and its view) is registered.
+
+    Modules are found by their source text (`kind = "..."`), so only those modules are imported.
+    """
+    if kind in _searched:
+        return
+    _searched.add(kind)
+    declares = re.compile(rf"""\bkind\s*(?::[^=\n]+)?=\s*["']{re.escape(kind)}["']""")
+    for package_name in ANALYSIS_PACKAGES:
+        spec = importlib.util.find_spec(package_name)
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            root = Path(location)
+            for path in sorted(root.rglob("*.py")) if root.is_dir() else []:
+                module = ".".join((package_name, *path.relative_to(root).with_suffix("").parts))
+                if module.startswith("interp.cli") or not declares.search(path.read_text(errors="replace")):
+                    continue
+                try:
+                    importlib.import_module(module.removesuffix(".__init__"))
+                except Exception as e:  # a broken module must not break the page
+                    print(f"dashboard: could not import {module}: {type(e).__name__}: {e}", file=sys.stderr)
+
+
+def find_entry(ctx: Context, kind: str, name: str) -> Entry:
+    """The saved result `kind/name`, only among the workspace's complete entries."""
+    check_name(kind, "result kind")
+    check_name(name, "result name")
+    for entry in Workspace(ctx.root).entries(kind):
+        if entry.name == name:
+            return entry
+    raise InterpError(f"there is no saved result {kind}/{name} in this workspace; pick one from the home page")
+
+
+def load_result(ctx: Context, entry: Entry) -> Result | None:
+    """The Result in `entry` (cached per file version), or None when its kind is not registered."""
+    if entry.kind not in RESULT_KINDS:
+        import_kind(entry.kind)
+    if entry.kind not in RESULT_KINDS:
+        return None
+    stamp = (entry.path / "result.json").stat().st_mtime_ns
+    return ctx.cache.get(("result", str(entry.path), stamp), lambda: Result.read(entry.path))
+
+
+def raw_view(ctx: Context, entry: Entry) -> list[Any]:
+    """What is stored for a kind no module registers: JSON fields, tables, 1-D/2-D tensors."""
+    meta = json.loads((entry.path / "result.json").read_text())
+    parts: list[Any] = [message(f"No module registers results of kind {entry.kind!r}; showing the stored data.")]
+    parts.append(html.Pre(json.dumps(meta.get("json", {}), indent=1, default=str)[:20000], className="summary"))
+    for name in meta.get("frames", []):
+        check_name(name, "table")
+        parts.append(table_section(pd.read_parquet(ctx.inside(entry.kind, entry.name, f"{name}.parquet")),
+                                   f"{entry_key(entry)}-{name}", name))
+    tensor_file = entry.path / "tensors.safetensors"
+    if tensor_file.is_file():
+        from safetensors.numpy import load_file
+
+        for name, values in load_file(str(tensor_file)).items():
+            fig = tensor_figure(name, values)
+            parts.append(graph(fig, f"{entry_key(entry)}-{name}") if fig is not None
+                         else html.P(f"{name}: tensor of shape {list(values.shape)}"))
+    return parts
+
+
+def result_page(ctx: Context, kind: str, name: str) -> list[Any]:
+    """The page of one saved result: header, then its kind's view (or the generic/raw one)."""
+    entry = find_entry(ctx, kind, name)
+    header = [html.H2(f"{kind}: {name}"), html.P(str(Path(kind) / name), className="muted")]
+    result = load_result(ctx, entry)
+    if result is None:
+        return header + raw_view(ctx, entry)
+    meta = [html.P(f"{field}: {value}", className="muted") for field in ("model", "prompt")
+            if isinstance(value := getattr(result, field, None), str)]
+    return header + meta + [p for p in VIEWS.get(kind, generic_view)(result, entry, ctx) if p is not None]

@@ -1,0 +1,30 @@
+"""`interp dashboard --workspace DIR`: serve the local web dashboard (loopback by default)."""
+
+import json
+import sys
+
+
+def register(sub, common) -> None:
+    p = sub.add_parser("dashboard", parents=[common], help="browse a workspace in a local web app")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8050, help="port (default: 8050; a free one if it is taken)")
+    p.set_defaults(run=run)
+
+
+def run(args):
+    from dashboards.app import Server, create_app
+    from interp.errors import InterpError
+
+    if not args.workspace:
+        raise InterpError("pass --workspace DIR, the folder your analyses saved into")
+    if not 0 <= args.port < 65536:
+        raise InterpError(f"port {args.port} is out of range; pass 0..65535")
+    server = Server(create_app(args.workspace, model_spec=args.model, device=args.device), args.host, args.port)
+    if args.json:
+        print(json.dumps({"url": server.url, "workspace": args.workspace}), flush=True)
+    else:
+        print(f"interp dashboard on {server.url} (Ctrl-C to stop)", flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}; anyone who can reach it can read the workspace", file=sys.stderr)
+    server.serve_forever()
+    return []
