@@ -1,0 +1,64 @@
+"""Training rows from the model: one process's corpus shard, streamed through `interp.streaming`,
+epoch after epoch, with the position it has reached kept so that a resumed run continues there.
+
+A row is one token's activation at the hook (attention `hook_z` with heads concatenated); for a
+transcoder the target activation follows the input in the same row. The first `skip_positions`
+positions of every sequence are left out (position 0 carries the model's massive activations).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from interp.corpus import Corpus
+from interp.errors import InterpError
+from interp.hooks import check_hook_names
+from interp.streaming import stop_layer, stream_activations
+
+
+@torch.no_grad()
+def hook_dim(model, hook: str) -> int:
+    """Width of one token's activation at `hook` (heads concatenated), read off a 2-token pass."""
+    check_hook_names(model, [hook])
+    tokens = torch.zeros(1, 2, dtype=torch.long, device=model.cfg.device)
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == hook, stop_at_layer=stop_layer([hook]))
+    return int(cache[hook][0, 0].numel())
+
+
+def flat_tokens(acts: torch.Tensor, skip_positions: int = 0) -> torch.Tensor:
+    """[batch, seq, ...] -> [batch * (seq - skip), width]; heads are concatenated."""
+    acts = acts[:, skip_positions:]
+    return acts.reshape(acts.shape[0] * acts.shape[1], -1)
+
+
+def check_finite(rows: torch.Tensor, hook: str, where: str) -> None:
+    if not torch.isfinite(rows).all():
+        raise InterpError(f"activations at {hook} contain NaN or inf ({where}); check the model weights and dtype")
+
+
+class ActivationSource:
+    """Iterate rows [tokens, d_in (+ d_out)] forever; `epoch` and `batch_in_epoch` say where it is."""
+
+    def __init__(self, model, hooks: list[str], corpus: Corpus, batch_size: int, seq_len: int,
+                 skip_positions: int, epoch: int = 0, batch_in_epoch: int = 0):
+        self.model, self.hooks, self.corpus = model, check_hook_names(model, hooks), corpus
+        self.batch_size, self.seq_len, self.skip_positions = batch_size, seq_len, skip_positions
+        self.epoch, self.batch_in_epoch = epoch, batch_in_epoch
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        while True:
+            stream = stream_activations(self.model, self.hooks, self.corpus, self.batch_size, self.seq_len,
+                                        skip_batches=self.batch_in_epoch, progress=False)
+            served = 0
+            for _, acts in stream:
+                rows = torch.cat([flat_tokens(acts[h], self.skip_positions) for h in self.hooks], dim=-1)
+                check_finite(rows, " / ".join(self.hooks), f"epoch {self.epoch}, model batch {self.batch_in_epoch}")
+                self.batch_in_epoch += 1
+                served += 1
+                yield rows.float()
+            if served == 0 and self.batch_in_epoch == 0:
+                raise InterpError(f"corpus {self.corpus.name!r} gives no full sequence; give it more text")
+            self.epoch += 1
+            self.batch_in_epoch = 0

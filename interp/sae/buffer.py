@@ -1,0 +1,51 @@
+"""A mixing buffer whose whole state can be saved, so a resumed run sees the same batches.
+
+Like sae-lens's `mixing_buffer`: fill up to `capacity` rows, shuffle, serve all but a kept-back
+share, which is mixed with the next fill. Shuffles draw from the buffer's own seeded generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+
+class MixingBuffer:
+    def __init__(self, capacity: int, batch: int, mix_fraction: float, seed: int):
+        self.capacity, self.batch, self.mix_fraction = capacity, batch, mix_fraction
+        self.pool: torch.Tensor | None = None  # rows waiting to be shuffled
+        self.ready: torch.Tensor | None = None  # shuffled rows, served in order
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def add(self, rows: torch.Tensor) -> None:
+        self.pool = rows if self.pool is None else torch.cat([self.pool, rows])
+
+    def batches(self, source: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """Endless batches of `batch` rows, refilling from `source` as needed."""
+        while True:
+            while self.ready is None or len(self.ready) < self.batch:
+                self._refill(source)
+            out, self.ready = self.ready[: self.batch], self.ready[self.batch:]
+            yield out
+
+    def _refill(self, source: Iterator[torch.Tensor]) -> None:
+        while self.pool is None or len(self.pool) < self.capacity:
+            self.add(next(source))
+        pool = self.pool[torch.randperm(len(self.pool), generator=self.generator)]
+        keep = int(self.capacity * self.mix_fraction)
+        self.ready = pool[keep:] if self.ready is None else torch.cat([self.ready, pool[keep:]])
+        self.pool = pool[:keep]
+
+    def state(self) -> dict[str, torch.Tensor]:
+        empty = torch.zeros(0)
+        return {
+            "pool": empty if self.pool is None else self.pool.contiguous(),
+            "ready": empty if self.ready is None else self.ready.contiguous(),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.pool = state["pool"] if state["pool"].numel() else None
+        self.ready = state["ready"] if state["ready"].numel() else None
+        self.generator.set_state(state["generator"])

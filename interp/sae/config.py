@@ -1,0 +1,108 @@
+"""What a training run is: one dataclass, checked once, saved next to the SAE and in every checkpoint.
+
+Architectures are sae-lens's own (`relu` is sae-lens's "standard": ReLU with an L1 penalty weighted by
+decoder norms). A run with `hook_out` trains a transcoder (Dunefsky et al. 2024) from `hook` to
+`hook_out` instead of an autoencoder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+from interp.errors import InterpError
+
+ARCHS = ("relu", "topk", "batchtopk", "jumprelu")
+SAE_LENS_ARCH = {"relu": "standard", "topk": "topk", "batchtopk": "batchtopk", "jumprelu": "jumprelu"}
+# fields a resumed run may change without changing what it computes
+RESUME_FREE = ("checkpoint_every", "progress", "device")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that decides what a training run computes (and so what `--resume` must match)."""
+
+    hook: str
+    arch: str = "topk"
+    hook_out: str | None = None  # set: a transcoder from `hook` to `hook_out`
+    k: int = 32  # active latents per token (topk) or on average (batchtopk)
+    width: int | None = None  # number of latents; default expansion x d_in
+    expansion: float = 8.0
+    tokens: int = 2_000_000  # training tokens, all processes together
+    corpus: str | None = None  # None: the built-in corpus
+    model: str = "smollm2-135m"
+    batch_tokens: int = 2048  # tokens per optimizer step, all processes together
+    lm_batch_size: int = 16  # sequences per model forward pass
+    seq_len: int = 128
+    skip_positions: int = 1  # leading positions left out: position 0 carries massive activations
+    lr: float = 4e-4
+    warmup_fraction: float = 0.02  # linear warm-up over this share of the steps
+    decay_fraction: float = 0.2  # linear decay to 0 over the last share of the steps
+    sparsity_coefficient: float | None = None  # L1 (relu) or L0 (jumprelu) coefficient; default per arch
+    sparsity_warmup_fraction: float = 0.05
+    aux_k_coefficient: float = 1 / 32  # AuxK loss on dead latents (Gao et al. 2024)
+    dead_window_tokens: int = 200_000  # a latent that has not fired for this many tokens is dead
+    buffer_tokens: int = 32_768  # mixing buffer, per process
+    mix_fraction: float = 0.5  # share of the buffer kept back to mix with fresh activations
+    norm_tokens: int = 8192  # tokens used to estimate the normalization factor
+    checkpoint_every: int = 100_000  # tokens between checkpoints (0: none)
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = True
+
+    @property
+    def is_transcoder(self) -> bool:
+        return self.hook_out is not None
+
+    @property
+    def steps(self) -> int:
+        return max(1, self.tokens // self.batch_tokens)
+
+    def coefficient(self) -> float:
+        """The sparsity coefficient actually used (sae-lens scale, normalized activations)."""
+        if self.sparsity_coefficient is not None:
+            return self.sparsity_coefficient
+        return {"relu": 5.0, "jumprelu": 0.5}.get(self.arch, 0.0)
+
+    def d_sae(self, d_in: int) -> int:
+        return self.width if self.width is not None else int(round(self.expansion * d_in))
+
+    def check(self) -> TrainConfig:
+        """Raise a one-line InterpError for settings that cannot work; return self."""
+        if self.arch not in ARCHS:
+            raise InterpError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        if self.hook_out is not None and self.hook_out == self.hook:
+            raise InterpError("--hook-out equals --hook; a transcoder maps one hook to another (or drop --hook-out)")
+        if self.hook_out is not None and not re.search(r"hook_mlp_out$", self.hook_out):
+            raise InterpError(f"transcoder target {self.hook_out!r} is not an MLP output; use blocks.L.hook_mlp_out")
+        positive = {"tokens": self.tokens, "batch_tokens": self.batch_tokens, "k": self.k,
+                    "lm_batch_size": self.lm_batch_size, "buffer_tokens": self.buffer_tokens, "lr": self.lr,
+                    "expansion": self.expansion}
+        for name, value in positive.items():
+            if not value > 0:
+                raise InterpError(f"--{name.replace('_', '-')} must be positive (got {value})")
+        if self.width is not None and self.width < 1:
+            raise InterpError(f"--width must be positive (got {self.width})")
+        if not 0 <= self.skip_positions < self.seq_len - 1:
+            raise InterpError(f"skip_positions must be in [0, {self.seq_len - 1}) (got {self.skip_positions})")
+        if self.buffer_tokens < self.batch_tokens:
+            raise InterpError(f"buffer ({self.buffer_tokens} tokens) is smaller than a batch ({self.batch_tokens}); raise --buffer-tokens")
+        if not 0 <= self.mix_fraction < 1:
+            raise InterpError(f"mix fraction must be in [0, 1) (got {self.mix_fraction})")
+        if self.warmup_fraction + self.decay_fraction > 1:
+            raise InterpError("warm-up and decay fractions add up to more than 1; lower one of them")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def differences(self, other: TrainConfig) -> list[str]:
+        """Names of fields that change what a run computes, where self and other differ."""
+        a, b = self.to_dict(), other.to_dict()
+        return sorted(k for k in a if k not in RESUME_FREE and a[k] != b[k])
