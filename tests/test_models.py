@@ -124,3 +124,24 @@ def test_default_model_loads_offline_and_matches_huggingface(smollm):
     assert (ours - theirs).abs().max() < 1e-4
     assert tok.decode(ours[0, -1].argmax()) == " Paris"
     assert (smollm.cfg.n_layers, smollm.cfg.d_model, smollm.cfg.n_heads) == (30, 576, 9)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+def test_fast_kernels_fire_the_same_hooks_with_the_same_values(fixture, request):
+    from interp.models.fast import install_fast_paths, remove_fast_paths
+
+    model = request.getfixturevalue(fixture)
+    tokens = model.to_tokens("the same values either way")
+    unpatterned = lambda n: "pattern" not in n and "scores" not in n  # noqa: E731
+    fast_logits, fast = model.run_with_cache(tokens, names_filter=unpatterned)
+    remove_fast_paths(model)
+    try:
+        slow_logits, slow = model.run_with_cache(tokens, names_filter=unpatterned)
+    finally:
+        install_fast_paths(model)
+    assert sorted(fast.keys()) == sorted(slow.keys())
+    assert torch.allclose(fast_logits, slow_logits, atol=1e-5)
+    for name in slow.keys():
+        assert torch.allclose(fast[name], slow[name], atol=1e-5), name
+    _, with_pattern = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+    assert len(with_pattern.keys()) == model.cfg.n_layers  # hooking the pattern takes the full path

@@ -107,6 +107,7 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype: torch.dtyp
     """
     from transformer_lens import loading_from_pretrained as loading
 
+    from interp.models.fast import install_fast_paths
     from interp.models.hooked import HookedModel
 
     folder = resolve_spec(spec)
@@ -126,6 +127,7 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype: torch.dtyp
             fold_value_biases=False, refactor_factored_attn_matrices=False,
         )
         model.to(device)
+    install_fast_paths(model)
     model.eval()
     model.cfg.spec = spec
     model.cfg.model_name = Path(spec).stem if spec not in SPECS else spec
