@@ -122,11 +122,14 @@ class InterventionResult(Result):
 def massive_intervention(model, massive: MassiveResult, corpus=None, *, max_tokens: int = DEFAULT_PPL_TOKENS,
                          batch_size: int = DEFAULT_BATCH, seq_len: int = DEFAULT_SEQ_LEN,
                          modes: tuple[str, ...] = MODES) -> InterventionResult:
-    """Corpus perplexity under each of `modes` ("original", "zero", "mean") of the flagged activations."""
+    """Corpus perplexity under each of `modes` ("original", "zero", "mean") of the flagged activations
+    (only "original" when nothing was flagged)."""
     unknown = set(modes) - set(MODES)
     if unknown:
         raise InterpError(f"unknown intervention mode(s) {sorted(unknown)}; use {', '.join(MODES)}")
     sites = site_table(massive)
+    if sites.empty:  # nothing to replace: every mode would equal the original
+        modes = tuple(m for m in modes if m == "original") or ("original",)
     source = TokenSource(model, None, corpus, max_tokens, batch_size, seq_len)
     nll, replaced, n_tokens = {}, {}, 0
     for mode in modes:

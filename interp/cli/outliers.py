@@ -1,0 +1,50 @@
+"""`interp outliers [PROMPT ...] [--corpus PATH]`: massive activations, attention sinks, value drains,
+residual peaks, secondary sinks and the zero/mean intervention; `--checkpoints` compares models."""
+
+from __future__ import annotations
+
+
+def register(sub, common) -> None:
+    p = sub.add_parser("outliers", parents=[common],
+                       help="massive activations, attention sinks, value drains, norm peaks, secondary sinks")
+    p.add_argument("prompts", nargs="*", metavar="PROMPT", help="analyse these prompts instead of a corpus")
+    p.add_argument("--corpus", default=None, help="text/JSONL/Parquet file or folder (default: built-in corpus)")
+    p.add_argument("--tokens", type=int, default=2048, help="corpus tokens to analyse (default: 2048)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--top-k", type=int, default=10, help="largest magnitudes kept per layer")
+    p.add_argument("--abs-threshold", type=float, default=100.0, help="massive: |h| above this (default: 100)")
+    p.add_argument("--ratio-threshold", type=float, default=1000.0,
+                   help="massive: |h| >= this x the median |h| of its hidden state (default: 1000)")
+    p.add_argument("--sink-threshold", type=float, default=0.3, help="sink head: attention received > this")
+    p.add_argument("--cos-threshold", type=float, default=0.9,
+                   help="secondary sink: |cos| with the first token's hidden state > this")
+    p.add_argument("--secondary-layers", default=None, help="hidden states to scan, e.g. '4-20' (default: 1..L-1)")
+    p.add_argument("--ppl-tokens", type=int, default=1024,
+                   help="corpus tokens for the zero/mean perplexity test; 0 skips it (default: 1024)")
+    p.add_argument("--checkpoints", nargs="+", default=None, metavar="SPEC",
+                   help="compare these models, or every checkpoint folder in one folder (ignores --model)")
+    p.set_defaults(run=run)
+
+
+def run(args):
+    thresholds = dict(abs_threshold=args.abs_threshold, ratio_threshold=args.ratio_threshold, top_k=args.top_k,
+                      sink_threshold=args.sink_threshold, cos_threshold=args.cos_threshold)
+    sizes = dict(max_tokens=args.tokens, batch_size=args.batch_size, seq_len=args.seq_len, ppl_tokens=args.ppl_tokens)
+    if args.checkpoints:
+        from interp.errors import InterpError
+        from interp.outliers.checkpoints import across_checkpoints
+
+        if args.prompts or args.secondary_layers:
+            raise InterpError("--checkpoints runs over the corpus; drop the prompts and --secondary-layers")
+        return across_checkpoints(args.checkpoints, args.corpus, device=args.device, **sizes, **thresholds)
+
+    from interp.cli import load_model_for
+    from interp.hooks import parse_layers
+    from interp.outliers import analyze_outliers
+
+    model = load_model_for(args)
+    layers = parse_layers(model, args.secondary_layers) if args.secondary_layers else None
+    analysis = analyze_outliers(model, args.prompts or None, args.corpus, secondary_layers=layers,
+                                **sizes, **thresholds)
+    return analysis.results()
