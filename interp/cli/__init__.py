@@ -18,6 +18,7 @@ from interp.errors import InterpError
 COMMAND_MODULES = [
     "interp.cli.info",
     "interp.cli.lens",
+    "interp.cli.outliers",
     "interp.cli.dashboard",
 ]
 
