@@ -1,0 +1,102 @@
+"""`interp sae train|eval|features`: sparse autoencoders and transcoders.
+
+`train` also runs under `torchrun --nproc-per-node N -m interp sae train ...` (one process per share
+of the corpus, gradients averaged with DistributedDataParallel); only process 0 prints.
+"""
+
+from __future__ import annotations
+
+
+def register(sub, common) -> None:
+    p = sub.add_parser("sae", help="train, evaluate and analyse SAEs and transcoders")
+    actions = p.add_subparsers(dest="sae_command", required=True, metavar="ACTION")
+
+    t = actions.add_parser("train", parents=[common], help="train an SAE (or a transcoder with --hook-out)")
+    t.add_argument("--hook", required=True, help="input hook, e.g. blocks.15.hook_resid_post")
+    t.add_argument("--hook-out", default=None, help="transcoder target hook, e.g. blocks.15.hook_mlp_out "
+                   "(then --hook is blocks.15.ln2.hook_normalized)")
+    t.add_argument("--arch", default="topk", choices=["relu", "topk", "batchtopk", "jumprelu"])
+    t.add_argument("--k", type=int, default=32, help="active latents per token (topk, batchtopk)")
+    width = t.add_mutually_exclusive_group()
+    width.add_argument("--width", type=int, default=None, help="number of latents")
+    width.add_argument("--expansion", type=float, default=8.0, help="latents per input dimension (default 8)")
+    t.add_argument("--tokens", type=int, default=2_000_000, help="training tokens (default 2M)")
+    t.add_argument("--corpus", default=None, help="text file, folder, .jsonl, .parquet (default: built-in)")
+    t.add_argument("--out", required=True, help="folder for cfg.json + sae_weights.safetensors and checkpoints")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    t.add_argument("--batch-tokens", type=int, default=None, help="tokens per optimizer step (all processes)")
+    t.add_argument("--sparsity-coefficient", type=float, default=None, help="L1 (relu) / L0 (jumprelu) coefficient")
+    t.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default 128)")
+    t.add_argument("--lm-batch-size", type=int, default=None, help="sequences per model forward pass (default 16)")
+    t.add_argument("--checkpoint-every", type=int, default=None, help="tokens between checkpoints (0: none)")
+    t.add_argument("--seed", type=int, default=None)
+    t.set_defaults(run=run_train)
+
+    e = actions.add_parser("eval", parents=[common], help="L0, explained variance, CE loss score, dead latents")
+    e.add_argument("dir", help="SAE folder (ours or sae-lens's)")
+    e.add_argument("--tokens", type=int, default=16_384, help="held-out tokens to evaluate on")
+    e.add_argument("--corpus", default=None, help="evaluation corpus (default: the training corpus, read backwards)")
+    e.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    e.add_argument("--hook", default=None, help="input hook, when cfg.json does not name it")
+    e.add_argument("--hook-out", default=None, help="transcoder output hook, when cfg.json does not name it")
+    e.set_defaults(run=run_eval)
+
+    f = actions.add_parser("features", parents=[common], help="per-latent statistics and contexts for the dashboard")
+    f.add_argument("dir", help="SAE folder")
+    f.add_argument("--tokens", type=int, default=131_072, help="tokens to collect statistics over")
+    f.add_argument("--corpus", default=None, help="corpus (default: the training corpus, read backwards)")
+    f.add_argument("--name", default=None, help="name of the feature set in the workspace (default: folder name)")
+    f.add_argument("--top", type=int, default=16, help="top activating contexts per latent")
+    f.add_argument("--quantiles", type=int, default=4, help="quantile groups per latent")
+    f.add_argument("--per-quantile", type=int, default=4, help="contexts per quantile group")
+    f.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
+    f.set_defaults(run=run_features)
+
+
+def run_train(args):
+    import dataclasses
+    import os
+    import sys
+
+    from interp.cli import load_model_for
+    from interp.sae import TrainConfig, distributed, train
+
+    d = distributed.setup(args.device)
+    if not d.main:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - process 0 alone reports
+    cfg = TrainConfig(hook=args.hook, hook_out=args.hook_out, arch=args.arch, k=args.k, width=args.width,
+                      expansion=args.expansion, tokens=args.tokens, corpus=args.corpus, model=args.model,
+                      device=args.device, progress=d.main)
+    overrides = {"lr": args.lr, "batch_tokens": args.batch_tokens, "sparsity_coefficient": args.sparsity_coefficient,
+                 "seq_len": args.seq_len, "lm_batch_size": args.lm_batch_size,
+                 "checkpoint_every": args.checkpoint_every, "seed": args.seed}
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    try:
+        return train(load_model_for(args), cfg, args.out, resume=args.resume, d=d)
+    finally:
+        distributed.teardown(d)
+
+
+def run_eval(args):
+    from interp.cli import load_model_for
+    from interp.sae import load_sae
+    from interp.sae.evaluate import evaluate
+
+    sae = load_sae(args.dir, device=args.device)
+    return evaluate(load_model_for(args), sae, tokens=args.tokens, corpus=args.corpus, batch_size=args.batch_size,
+                    hook=args.hook, hook_out=args.hook_out, path=args.dir)
+
+
+def run_features(args):
+    from interp.cli import load_model_for
+    from interp.errors import InterpError
+    from interp.sae import load_sae
+    from interp.sae.features import feature_statistics
+
+    if not args.workspace:
+        raise InterpError("interp sae features needs --workspace DIR to write the feature tables into")
+    sae = load_sae(args.dir, device=args.device)
+    return feature_statistics(load_model_for(args), sae, args.workspace, path=args.dir, name=args.name,
+                              tokens=args.tokens, corpus=args.corpus, n_top=args.top, quantiles=args.quantiles,
+                              per_quantile=args.per_quantile, batch_size=args.batch_size)
