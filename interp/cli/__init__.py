@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "interp.cli.lens",
     "interp.cli.outliers",
     "interp.cli.dashboard",
+    "interp.cli.sae",
 ]
 
 
