@@ -16,20 +16,32 @@ from interp.errors import InterpError
 from circuits.editing.evaluate import score_cases
 from circuits.editing.handle import EditHandle
 from circuits.editing.layers import resolve_layers
-from circuits.editing.memit import memit
-from circuits.editing.pmet import pmet
+from circuits.editing.memit import MEMITSettings, memit
+from circuits.editing.pmet import PMETSettings, pmet
 from circuits.editing.requests import EditRequest, as_request, check_requests
 from circuits.editing.result import EditResult
-from circuits.editing.rome import rome
+from circuits.editing.rome import ROMESettings, rome
 from circuits.editing.save import save_model
 
 METHODS: dict[str, Callable[..., EditHandle]] = {"rome": rome, "memit": memit, "pmet": pmet}
+SETTINGS = {"rome": ROMESettings, "memit": MEMITSettings, "pmet": PMETSettings}
 
 
 def method_fn(method: str) -> Callable[..., EditHandle]:
     if method not in METHODS:
         raise InterpError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     return METHODS[method]
+
+
+def settings_for(method: str, corpus: str | None = None, stats_tokens: int | None = None):
+    """The reference settings of `method`, with another statistics corpus or token count."""
+    method_fn(method)
+    changes = {"corpus": corpus} if corpus else {}
+    if stats_tokens:
+        if stats_tokens < 10_000:
+            raise InterpError(f"--stats-tokens {stats_tokens} is too few for a stable covariance; use >= 10000")
+        changes["stats_tokens"] = stats_tokens
+    return dataclasses.replace(SETTINGS[method](), **changes)
 
 
 @torch.no_grad()

@@ -2,8 +2,8 @@
 
 ROME's `layer_stats` collects these once per layer over Wikipedia and caches them; ours stream the
 corpus through the model only up to the deepest layer asked for (several layers in one pass),
-accumulate in float64, save partial sums every few batches so an interrupted run resumes, and cache
-the result on disk per (model, layer, corpus, token count).
+accumulate in float64 (each batch's product in float32), save partial sums every few batches so an
+interrupted run resumes, and cache the result on disk per (model, layer, corpus, token count).
 """
 
 from __future__ import annotations
@@ -91,8 +91,8 @@ def second_moments(
         for layer, s in state.items():
             if index < int(s["batches"]):
                 continue  # this layer already counted the batch in an earlier run
-            keys = acts[key_hook(layer)].reshape(-1, model.cfg.d_mlp).double().cpu()
-            s["mom2"] += keys.T @ keys
+            keys = acts[key_hook(layer)].reshape(-1, model.cfg.d_mlp).float().cpu()
+            s["mom2"] += (keys.T @ keys).double()  # one batch in float32, the running sum in float64
             s["count"] += keys.shape[0]
             s["batches"] += 1
         if (index + 1) % SAVE_EVERY == 0:

@@ -16,6 +16,7 @@ import sys
 from interp.errors import InterpError
 
 COMMAND_MODULES = [
+    "interp.cli.edit",
     "interp.cli.info",
     "interp.cli.lens",
     "interp.cli.outliers",
@@ -30,6 +31,8 @@ def common_parser() -> argparse.ArgumentParser:
     common.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     common.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     common.add_argument("--workspace", default=None, help="save the result into this workspace folder")
+    common.add_argument("--html", default=None, metavar="FILE",
+                        help="also write the result's figure as a standalone HTML file (opens offline)")
     return common
 
 
@@ -56,6 +59,11 @@ def _emit(results, args) -> None:
         saved = [str(r.save(args.workspace)) for r in results]
         for path in saved:
             print(f"saved {path}", file=sys.stderr)
+    if getattr(args, "html", None):
+        for i, r in enumerate(results):
+            path = args.html if len(results) == 1 else args.html.replace(".html", f"-{i}.html")
+            r.figure().write_html(path, include_plotlyjs=True)
+            print(f"wrote {path}", file=sys.stderr)
     if args.json:
         payload = results[0].to_dict() if len(results) == 1 else {"results": [r.to_dict() for r in results]}
         if saved:
