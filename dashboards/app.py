@@ -12,8 +12,10 @@ Every script and stylesheet is served by this server from the installed packages
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import socket
 import sys
 import threading
 import time
@@ -41,7 +43,8 @@ def create_app(workspace: str | Path, model_spec: str | None = None, device: str
     ctx = Context(workspace, model_spec, device)
     app = Dash(__name__, assets_folder=str(ASSETS), serve_locally=True, title="interp dashboard",
                update_title=None, suppress_callback_exceptions=True)
-    app.layout = lambda: html.Div([dcc.Location(id="url"), _nav(ctx), html.Div(id="page", className="page")])
+    app.layout = lambda: html.Div([dcc.Location(id="url", refresh="callback-nav"), _nav(ctx),
+                                   html.Div(id="page", className="page")])
     app.enable_dev_tools(debug=False, dev_tools_disable_version_check=True)  # no call home, ever
     app.interp_context = ctx
 
@@ -129,6 +132,19 @@ def home_page(ctx: Context) -> list[Any]:
     return parts
 
 
+def _can_bind(host: str, port: int) -> bool:
+    """Whether `port` is free on `host` (werkzeug exits the process instead of raising when it is not)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            if e.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise InterpError(f"cannot listen on {host}:{port} ({e.strerror or e}); pass --host 127.0.0.1") from e
+    return True
+
+
 class Server:
     """A threaded local HTTP server for the app; falls back to a free port if `port` is taken."""
 
@@ -136,10 +152,7 @@ class Server:
         from werkzeug.serving import make_server
 
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        try:
-            self._server = make_server(host, port, app.server, threaded=True)
-        except OSError:
-            self._server = make_server(host, 0, app.server, threaded=True)
+        self._server = make_server(host, port if _can_bind(host, port) else 0, app.server, threaded=True)
         self.port = self._server.server_port
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{self.port}/"

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import torch
 from dash import ClientsideFunction, Dash, Input, Output, State, ctx as callback_ctx, dcc, html, no_update
 from dash.exceptions import PreventUpdate
@@ -34,6 +35,7 @@ from interp.workspace import Entry, Workspace
 
 FIG_KEY = "attention"
 MAX_SAVED_OPTIONS = 200
+MAX_TOKENS = 512  # a layer is heads x T x T cells; beyond this the page would stall
 
 
 @register_result
@@ -98,6 +100,9 @@ def attention_view(result: AttentionResult, entry: Entry, ctx: Context) -> list[
 def live_source(ctx: Context, prompt: str) -> dict[str, Any]:
     model = ctx.model()
     tokens = encode(model, prompt)
+    if tokens.shape[1] > MAX_TOKENS:
+        raise InterpError(f"the prompt has {tokens.shape[1]} tokens; the attention browser shows at most "
+                          f"{MAX_TOKENS}, shorten it")
     return {"type": "live", "prompt": prompt, "tokens": str_tokens(model, tokens),
             "n_layers": model.cfg.n_layers, "n_heads": model.cfg.n_heads}
 
@@ -236,7 +241,10 @@ def register_attention_callbacks(app: Dash, ctx: Context) -> None:
             raise PreventUpdate
         layer = min(int(layer or 0), source["n_layers"] - 1)
         show_first = "show" in (first or [])
-        patterns = source_layer(ctx, source, layer)
+        try:
+            patterns = source_layer(ctx, source, layer)
+        except InterpError as e:  # e.g. the saved patterns were deleted meanwhile
+            return go.Figure(layout={"title": plot_text(str(e))}), None
         label = plot_text(source["prompt"][:60])
         if head in (None, "all") or int(head) >= patterns.shape[0]:
             fig = attention_multiples(patterns, f"layer {layer}, all heads: {label}", show_first)

@@ -85,4 +85,4 @@ def token_strip(tokens: list[str], acts: list[float] | None = None, peak: float 
             if a > 0:
                 props["style"] = {"backgroundColor": f"rgba(255,120,0,{min(a / peak, 1.0):.3f})"}
         spans.append(html.Span(display_token(token), **props))
-    return html.Div(spans, className="strip", id=strip_id)
+    return html.Div(spans, className="strip", **({"id": strip_id} if strip_id else {}))

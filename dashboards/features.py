@@ -62,11 +62,6 @@ def feature_list_page(ctx: Context, name: str, query: dict[str, str]) -> list[An
         *([html.Td(_tokens_text(r.top_tokens), className="toks")] if has_tokens else []),
         *([html.Td(_tokens_text(r.top_logits, 6), className="toks")] if has_logits else []),
     ]) for r in shown.itertuples(index=False)]
-    nav = [dcc.Link("< previous", href=list_url(name, q, sort, page - 1)) if page > 0 else html.Span(""),
-           html.Span(f"page {page + 1} of {pages} ({len(ids)} features)", id="feat-page-label"),
-           dcc.Link("next >", href=list_url(name, q, sort, page + 1), id="feat-next") if page + 1 < pages
-           else html.Span(""),
-           dcc.Input(id="feat-goto", type="number", min=1, max=pages, placeholder="go to page", debounce=True)]
     return [
         html.H2(f"Features: {name}"),
         html.P(_describe(fs), className="muted"),
@@ -77,13 +72,26 @@ def feature_list_page(ctx: Context, name: str, query: dict[str, str]) -> list[An
             dcc.RadioItems(id="feat-sort", value=sort, inline=True,
                            options=[{"label": label, "value": key} for key, label in SORT_LABELS.items()]),
         ]),
-        html.Div(nav, className="pager"),
+        _pager(name, q, sort, page, pages, len(ids), top=True),
         html.Table([header] + rows, className="list", id="feat-table") if rows else message(
             f"No feature matches {q!r}."),
-        html.Div(nav[:3], className="pager"),
+        _pager(name, q, sort, page, pages, len(ids), top=False),
         html.H3("Which features fire on a text"),
         _prompt_box(ctx, fs),
     ]
+
+
+def _pager(name: str, q: str, sort: str, page: int, pages: int, total: int, top: bool) -> html.Div:
+    """Previous / page i of n / next; only the top pager has ids and the go-to box (ids are unique)."""
+    ident = (lambda i: {"id": i}) if top else (lambda i: {})
+    links = [dcc.Link("< previous", href=list_url(name, q, sort, page - 1)) if page > 0 else html.Span(""),
+             html.Span(f"page {page + 1} of {pages} ({total} features)", **ident("feat-page-label")),
+             dcc.Link("next >", href=list_url(name, q, sort, page + 1), **ident("feat-next"))
+             if page + 1 < pages else html.Span("")]
+    if top:
+        links.append(dcc.Input(id="feat-goto", type="number", min=1, max=pages, placeholder="go to page",
+                               debounce=True))
+    return html.Div(links, className="pager")
 
 
 def _describe(fs: FeatureSet) -> str:

@@ -74,8 +74,8 @@ def sink_map(sink: np.ndarray) -> go.Figure:
     """Mean attention to the first token per layer and head (attention sinks light up)."""
     fig = go.Figure(go.Heatmap(z=np.asarray(sink, dtype=np.float32), colorscale=BLUES, zmin=0, zmax=1,
                                hovertemplate="layer %{y} head %{x}<br>attention to token 0: %{z:.3f}<extra></extra>"))
-    fig.update_layout(title="Mean attention to the first token", xaxis_title="head", yaxis_title="layer",
-                      height=500)
+    fig.update_layout(title="Mean attention to the first token", xaxis=dict(title="head", dtick=1),
+                      yaxis=dict(title="layer", dtick=1), height=500)
     return fig
 
 

@@ -46,6 +46,7 @@ def write_synthetic_features(workspace: str | Path, name: str = "synthetic", n_f
         vocab = np.concatenate([vocab, np.array([HOSTILE_TOKEN, HOSTILE_IMG], dtype=object)])
     n = n_features
     dead = rng.random(n) < 0.02
+    dead[0] &= not hostile
     density = np.where(dead, 0.0, 10 ** rng.uniform(-5, -1, n))
     max_act = np.where(dead, 0.0, rng.gamma(3.0, 2.0, n)).astype(np.float32)
     ids = rng.integers(0, len(vocab), (n, 5))
@@ -80,7 +81,7 @@ def write_synthetic_features(workspace: str | Path, name: str = "synthetic", n_f
     group_rank = np.tile(np.concatenate([[r] * c for _, r, c in groups]), len(live)).astype(np.int32)
     rank = np.tile(np.concatenate([np.arange(c) for _, _, c in groups]), len(live)).astype(np.int32)
     token_ids = rng.integers(0, len(vocab), (rows, context_len))
-    if hostile and not dead[0]:
+    if hostile:
         token_ids[:per_feature, 3] = len(vocab) - 2
         token_ids[:per_feature, 5] = len(vocab) - 1
     peak_pos = rng.integers(0, context_len, rows)
