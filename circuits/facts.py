@@ -71,12 +71,13 @@ def load_facts(verified_only: bool = False, model=None, split: str | None = None
     return records
 
 
-def _cache_file(model, path: Path) -> Path:
+def model_cache_file(model, area: str, path: str | Path = FACTS_PATH) -> Path:
+    """A cache file for something derived from `model` and the fact file at `path` (both in its name)."""
     from interp.cache import cache_dir
 
     spec = str(getattr(model.cfg, "spec", model.cfg.model_name))
     digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-    return cache_dir("facts") / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', spec)}-{digest}.json"
+    return cache_dir(area) / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', spec)}-{digest}.json"
 
 
 @torch.no_grad()
@@ -87,7 +88,7 @@ def verify_facts(model, records: list[dict] | None = None, path: str | Path = FA
     Prompts of equal token length are batched together, so no padding can change the answer.
     """
     records = read_facts(path) if records is None else records
-    cache = _cache_file(model, Path(path))
+    cache = model_cache_file(model, "facts", path)
     if cache.exists():
         return json.loads(cache.read_text())
     by_length: dict[int, list[tuple[str, torch.Tensor, int]]] = defaultdict(list)
