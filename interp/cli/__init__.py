@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "interp.cli.info",
     "interp.cli.lens",
     "interp.cli.outliers",
+    "interp.cli.probe",
     "interp.cli.dashboard",
     "interp.cli.sae",
 ]
