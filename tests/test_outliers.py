@@ -166,6 +166,7 @@ def test_planted_secondary_sink_is_found_and_only_it(tiny_llama):
     events = result.to_frame()
     assert events[["position", "start_layer", "end_layer", "n_layers"]].values.tolist() == [[spot, 1, 2, 2]]
     assert events.iloc[0]["token"] == "c" and events.iloc[0]["mean_cos"] > 0.99
+    assert result.typical_cos.shape == (2,) and (result.typical_cos < 0.5).all()  # the others stay unaligned
     with tiny_llama.hooks(fwd_hooks=[plant(1000.0, positions=(0, spot))]):
         assert secondary_sinks(tiny_llama, [PROMPT], layers=[2]).to_frame()["start_layer"].tolist() == [2]
 

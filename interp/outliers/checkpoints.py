@@ -202,6 +202,7 @@ def checkpoint_rows(name: str, step: int | None, a: OutlierAnalysis) -> tuple[di
         "sink_rate": a.sinks.sink_rate, "first_attention": float(sinks["first_attention"].mean()),
         "value_ratio": float(drains["value_ratio"].dropna().median()), "resid_ratio": float(drains["resid_ratio"].max()),
         "secondary_per_seq": len(a.secondary.events) / max(a.secondary.n_sequences, 1),
+        "typical_cos": float(a.secondary.typical_cos.max()),
     }
     if a.intervention is not None:
         row.update({f"ppl_{mode}": v for mode, v in a.intervention.perplexity.items()})
@@ -233,7 +234,7 @@ class CheckpointResult(Result):
     def summary(self) -> str:
         show = ["checkpoint", "step", "top", "top_layer", "top_dim", "top_position", "max_ratio",
                 "flagged_per_seq", "sink_rate", "first_attention", "value_ratio", "resid_ratio",
-                "secondary_per_seq"] + [c for c in self.checkpoints if c.startswith("ppl_")]
+                "secondary_per_seq", "typical_cos"] + [c for c in self.checkpoints if c.startswith("ppl_")]
         frame = self.checkpoints[show].copy()
         frame["checkpoint"] = frame["checkpoint"].map(lambda s: Path(s).name)
         return "\n".join([

@@ -51,6 +51,7 @@ class SecondaryCollector(Collector):
         self.cos: dict[int, torch.Tensor] = {}
         self.attention: dict[int, torch.Tensor] = {}
         self.events: list[list] = []
+        self.typical_sum = torch.zeros(len(self.layers))
         self.example_cos = torch.empty(0)
 
     def hooks(self) -> list[Hook]:
@@ -74,6 +75,8 @@ class SecondaryCollector(Collector):
         attention = torch.stack([self.attention[l] for l in self.layers], 1)
         if self.n_sequences == 0:
             self.example_cos = cos[0]
+        if cos.shape[-1] > 1:
+            self.typical_sum += cos[:, :, 1:].abs().median(-1).values.sum(0)
         flags = cos.abs() > self.threshold
         flags[:, :, 0] = False
         lo, index = self.layers[0], {l: i for i, l in enumerate(self.layers)}
@@ -93,6 +96,7 @@ class SecondaryCollector(Collector):
         return SecondaryResult(
             model=model_name(self.model), source=source, n_sequences=self.n_sequences, n_tokens=self.n_tokens,
             threshold=self.threshold, layers=self.layers, events=pd.DataFrame(self.events, columns=EVENT_COLUMNS),
+            typical_cos=self.typical_sum / max(self.n_sequences, 1),
             example_tokens=self.example_tokens or [], example_cos=self.example_cos,
         )
 
@@ -110,6 +114,7 @@ class SecondaryResult(Result):
     threshold: float
     layers: list[int]  # scanned hidden-state layers
     events: pd.DataFrame  # one row per (sequence, position, run of layers)
+    typical_cos: torch.Tensor  # [len(layers)] median |cos| of the other tokens with the first, mean over sequences
     example_tokens: list[str]
     example_cos: torch.Tensor  # [len(layers), T] cosine with the first token, first sequence
 
@@ -138,12 +143,17 @@ class SecondaryResult(Result):
         head = (f"secondary sinks (|cos| > {self.threshold:g} with the first token, layers "
                 f"{self.layers[0]}-{self.layers[-1]}) in {self.model} over {self.n_tokens} tokens "
                 f"({self.n_sequences} sequences, {self.source})")
+        typical = (f"median |cos| of the other tokens with the first: {self.typical_cos.min():.2f}-"
+                   f"{self.typical_cos.max():.2f} over these layers")
+        if float(self.typical_cos.max()) > self.threshold - 0.2:
+            typical += " (close to the threshold: the hidden states are anisotropic, alignment says little)"
         if e.empty:
-            return head + "\nno secondary sinks found"
+            return "\n".join([head, typical, "no secondary sinks found"])
         alive = self.per_layer()
         busiest = alive[alive > 0]
         return "\n".join([
             head,
+            typical,
             f"{len(e)} secondary sinks ({len(e) / max(self.n_sequences, 1):.1f} per sequence); lifetime "
             f"{e['n_layers'].median():.0f} layers (median, max {e['n_layers'].max()}); they draw "
             f"{e['attention'].mean():.3f} attention per query vs {e['first_attention'].mean():.3f} for the first "
