@@ -107,11 +107,16 @@ def main() -> None:
         timed("feature list, warm", lambda: page.goto(url + "/features/sae16k?sort=max_act"), exists("#feat-table"))
         timed("feature list, next page", lambda: page.click("#feat-next"),
               "document.getElementById('feat-page-label')?.textContent.startsWith('page 2')")
-        timed("feature list, search 'ka'", lambda: (page.fill("#feat-search", "ka"), page.press("#feat-search", "Enter")),
+        def search() -> None:
+            page.fill("#feat-search", "ka")
+            page.press("#feat-search", "Enter")
+
+        timed("feature list, search 'ka'", search,
               f"location.search.includes('q=ka') && !!document.querySelector('#feat-table') && !document."
               f"getElementById('feat-page-label')?.textContent.includes('({args.features} features)')")
-        timed("feature page, cold", lambda: page.goto(f"{url}/features/sae16k/{args.features * 3 // 4}"), exists("#feat-contexts"))
-        timed("feature page, warm", lambda: page.goto(f"{url}/features/sae16k/{args.features // 3}"), exists("#feat-contexts"))
+        for label, feature in (("cold", args.features * 3 // 4), ("warm", args.features // 3)):
+            timed(f"feature page, {label}", lambda f=feature: page.goto(f"{url}/features/sae16k/{f}"),
+                  exists("#feat-contexts"))
 
         page.goto(url + "/attention")
         page.wait_for_selector("#attn-prompt")
@@ -130,7 +135,8 @@ def main() -> None:
               f"{PLOT}?.layout?.title?.text?.startsWith('layer {last},')")
         timed(f"attention, layer {last} head 3", lambda: page.check("#attn-head input[value='3']"),
               f"{PLOT}?._fullData?.length == 1 && {PLOT}.layout.title.text.startsWith('layer {last} head 3')")
-        timed("attention, hover a token (client side)", lambda: page.hover(f"#attn-strip .tok[data-i='{n_tokens - 1}']"),
+        timed("attention, hover a token (client side)",
+              lambda: page.hover(f"#attn-strip .tok[data-i='{n_tokens - 1}']"),
               f"document.getElementById('attn-hover-info')?.textContent.includes('token {n_tokens - 1}')")
         browser.close()
 

@@ -26,7 +26,7 @@ from dash.exceptions import PreventUpdate
 from dashboards.components import graph, message, token_strip
 from dashboards.context import Context
 from dashboards.figures import attention_heatmap, attention_multiples, plot_text, sink_map
-from dashboards.views import find_entry, generic_view, register_view
+from dashboards.views import entry_key, figure_section, find_entry, register_view, summary_section, table_section
 from interp.errors import InterpError
 from interp.hooks import check_layer, pattern
 from interp.results import Result, register_result
@@ -92,8 +92,10 @@ def layer_pattern(model, tokens: torch.Tensor, layer: int) -> np.ndarray:
 @register_view("attention")
 def attention_view(result: AttentionResult, entry: Entry, ctx: Context) -> list[Any]:
     """The sink map and per-head table, and a link that reopens the patterns in the browser."""
+    key = entry_key(entry)
     link = dcc.Link("Open in the attention browser", href="/attention?" + urllib.parse.urlencode({"saved": entry.name}))
-    return [html.Div(link)] + generic_view(result, entry, ctx)[1:]
+    return [html.Div(link), figure_section(result, key), table_section(result.to_frame, key, "Per head"),
+            *summary_section(result)]
 
 
 # -- sources: a typed prompt on the live model, or a saved AttentionResult -----------------------

@@ -47,7 +47,8 @@ def load_feature_set(ctx: Context, name: str) -> FeatureSet:
     folder = ctx.inside(FEATURES_DIR, check_name(name, "feature set"))
     if not (folder / META_FILE).is_file():
         raise InterpError(f"there is no complete feature set {name!r} in this workspace "
-                          f"(no {FEATURES_DIR}/{name}/{META_FILE}); run `interp sae features` or pick one from the list")
+                          f"(no {FEATURES_DIR}/{name}/{META_FILE}); run `interp sae features` or pick one "
+                          "from the list")
     stamp = tuple(p.stat().st_mtime_ns if p.exists() else 0
                   for p in (folder / META_FILE, folder / FEATURES_FILE, folder / CONTEXTS_FILE))
     return ctx.cache.get(("features", str(folder), stamp), lambda: FeatureSet(folder))

@@ -55,7 +55,8 @@ def write_synthetic_features(workspace: str | Path, name: str = "synthetic", n_f
     logit_ids = rng.integers(0, len(vocab), (n, 2 * n_logits))
     logit_vals = np.sort(rng.normal(0, 1, (n, 2 * n_logits)).astype(np.float32), axis=1)[:, ::-1]
     edges = np.linspace(0, 1, n_bins + 1, dtype=np.float32)[None, :] * max_act[:, None]
-    counts = (rng.exponential(1.0, (n, n_bins)) * np.exp(-np.arange(n_bins) / 6) * 1000 * ~dead[:, None]).astype(np.int64)
+    decay = np.exp(-np.arange(n_bins) / 6) * 1000
+    counts = (rng.exponential(1.0, (n, n_bins)) * decay * ~dead[:, None]).astype(np.int64)
     features = pa.table({
         "feature": np.arange(n, dtype=np.int64),
         "density": density,

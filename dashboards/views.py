@@ -2,12 +2,12 @@
 
 A module that defines a new Result kind can give it a richer page with
 
-    from dashboards.views import register_view, figure_section, table_section
+    from dashboards.views import entry_key, figure_section, register_view, table_section
 
     @register_view("trace")
     def trace_view(result, entry, ctx):
         key = entry_key(entry)
-        return [figure_section(result.figure(), key), table_section(result.to_frame(), key)]
+        return [figure_section(result, key), table_section(result.to_frame, key, "Scores")]
 
 Kinds without a view get `generic_view` (summary text, `figure()`, `to_frame()` table), and folders
 whose kind no imported module registers get `raw_view` (the stored JSON, tables and tensors).
@@ -57,19 +57,21 @@ def entry_key(entry: Entry) -> str:
     return f"{entry.kind}-{entry.name}"
 
 
-def figure_section(fig, key: str) -> html.Div:
-    return graph(fig, key)
+def figure_section(result: Result, key: str) -> Any:
+    """`result.figure()` with its download button (or a message when it fails)."""
+    return attempt(lambda: graph(result.figure(), key), "figure")
 
 
-def table_section(frame, key: str, title: str = "Table") -> html.Div:
-    return html.Div([html.H3(title), frame_table(frame, key)], className="section")
+def table_section(frame: Callable[[], pd.DataFrame], key: str, title: str = "Table") -> Any:
+    """A titled, paged table of `frame()` (or a message when it fails)."""
+    return attempt(lambda: html.Div([html.H3(title), frame_table(frame(), key)], className="section"), title.lower())
 
 
-def summary_section(result: Result) -> html.Pre:
-    return html.Pre(result.summary(), className="summary")
+def summary_section(result: Result) -> list[Any]:
+    return [html.H3("Summary"), attempt(lambda: html.Pre(result.summary(), className="summary"), "summary")]
 
 
-def _attempt(build: Callable[[], Any], what: str) -> Any:
+def attempt(build: Callable[[], Any], what: str) -> Any:
     """Run one section builder; a failure becomes a message instead of breaking the page."""
     try:
         return build()
@@ -90,22 +92,18 @@ def attention_link(result: Result) -> html.Div | None:
 
 
 def generic_view(result: Result, entry: Entry, ctx: Context) -> list[Any]:
-    """Summary, `figure()` and `to_frame()`: works for any registered Result kind."""
+    """`figure()`, `to_frame()` and `summary()`: works for any registered Result kind."""
     key = entry_key(entry)
-    return [
-        attention_link(result),
-        _attempt(lambda: figure_section(result.figure(), key), "figure"),
-        _attempt(lambda: table_section(result.to_frame(), key), "table"),
-        html.H3("Summary"),
-        _attempt(lambda: summary_section(result), "summary"),
-    ]
+    return [attention_link(result), figure_section(result, key), table_section(result.to_frame, key),
+            *summary_section(result)]
 
 
 @register_view("lens")
 def lens_view(result, entry: Entry, ctx: Context) -> list[Any]:
-    """Logit lens: the figure, per-layer table and the direct logit attribution table."""
-    table = table_section(result.dla_frame(), entry_key(entry) + "-dla", "Direct logit attribution")
-    return generic_view(result, entry, ctx)[:3] + [table]
+    """Logit lens: the figure, the per-layer table and the direct logit attribution table."""
+    key = entry_key(entry)
+    return [attention_link(result), figure_section(result, key), table_section(result.to_frame, key),
+            table_section(result.dla_frame, key + "-dla", "Direct logit attribution")]
 
 
 # -- loading -------------------------------------------------------------------------------------
@@ -153,14 +151,12 @@ def load_result(ctx: Context, entry: Entry) -> Result | None:
 
 
 def raw_view(ctx: Context, entry: Entry) -> list[Any]:
-    """What is stored for a kind no module registers: JSON fields, tables, 1-D/2-D tensors."""
+    """What is stored, for results no class can load: JSON fields, tables, 1-D/2-D tensors."""
     meta = json.loads((entry.path / "result.json").read_text())
-    parts: list[Any] = [message(f"No module registers results of kind {entry.kind!r}; showing the stored data.")]
-    parts.append(html.Pre(json.dumps(meta.get("json", {}), indent=1, default=str)[:20000], className="summary"))
+    parts: list[Any] = [html.Pre(json.dumps(meta.get("json", {}), indent=1, default=str)[:20000], className="summary")]
     for name in meta.get("frames", []):
-        check_name(name, "table")
-        parts.append(table_section(pd.read_parquet(ctx.inside(entry.kind, entry.name, f"{name}.parquet")),
-                                   f"{entry_key(entry)}-{name}", name))
+        path = ctx.inside(entry.kind, entry.name, f"{check_name(name, 'table')}.parquet")
+        parts.append(table_section(lambda: pd.read_parquet(path), f"{entry_key(entry)}-{name}", name))
     tensor_file = entry.path / "tensors.safetensors"
     if tensor_file.is_file():
         from safetensors.numpy import load_file
@@ -176,9 +172,16 @@ def result_page(ctx: Context, kind: str, name: str) -> list[Any]:
     """The page of one saved result: header, then its kind's view (or the generic/raw one)."""
     entry = find_entry(ctx, kind, name)
     header = [html.H2(f"{kind}: {name}"), html.P(str(Path(kind) / name), className="muted")]
-    result = load_result(ctx, entry)
+    try:
+        result = load_result(ctx, entry)
+    except Exception as e:  # saved by another version of its class, or damaged: show what is stored
+        print(f"dashboard: cannot load {kind}/{name}: {type(e).__name__}: {e}", file=sys.stderr)
+        return header + [message(f"Could not load this result as its class ({type(e).__name__}: {e}); it may "
+                                 "come from another version of the code. Showing the stored data.", "error"),
+                         *raw_view(ctx, entry)]
     if result is None:
-        return header + raw_view(ctx, entry)
+        return header + [message(f"No module registers results of kind {kind!r}; showing the stored data."),
+                         *raw_view(ctx, entry)]
     meta = [html.P(f"{field}: {value}", className="muted") for field in ("model", "prompt")
             if isinstance(value := getattr(result, field, None), str)]
     return header + meta + [p for p in VIEWS.get(kind, generic_view)(result, entry, ctx) if p is not None]

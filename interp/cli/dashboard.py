@@ -26,5 +26,5 @@ def run(args):
         print(f"interp dashboard on {server.url} (Ctrl-C to stop)", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}; anyone who can reach it can read the workspace", file=sys.stderr)
-    server.serve_forever()
-    return []
+    server.serve_forever()  # returns only on Ctrl-C: werkzeug swallows the KeyboardInterrupt
+    raise KeyboardInterrupt  # so the CLI reports it (exit 130) instead of printing an empty result
