@@ -191,13 +191,16 @@ class Trainer:
                     self.history.append(stats)
                     bar.set_postfix(loss=f"{stats['loss']:.3g}", L0=f"{stats['l0']:.1f}",
                                     EV=f"{stats['explained_variance']:.3f}", dead=f"{stats['dead_fraction']:.1%}")
-                crossed = (self.step * cfg.batch_tokens) // cfg.checkpoint_every > ((self.step - 1) * cfg.batch_tokens) // cfg.checkpoint_every \
-                    if cfg.checkpoint_every else False
-                if crossed and self.step < cfg.steps and on_checkpoint is not None:
+                if on_checkpoint is not None and self.step < cfg.steps and self._checkpoint_due():
                     on_checkpoint(self)
         finally:
             bar.close()
         return stats
+
+    def _checkpoint_due(self) -> bool:
+        """Whether the last step crossed a multiple of `checkpoint_every` tokens."""
+        every, batch = self.cfg.checkpoint_every, self.cfg.batch_tokens
+        return bool(every) and (self.step * batch) // every > ((self.step - 1) * batch) // every
 
     # -- state ------------------------------------------------------------------------------
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
