@@ -106,7 +106,7 @@ def main() -> None:
     report["speedup_vs_sae_lens"] = round(theirs_s / ours_s, 2)
 
     extra = ["--arch", "topk", "--k", str(args.k), "--batch-tokens", str(args.batch_tokens), "--lr", str(args.lr),
-             "--checkpoint-every", "0"]
+             "--checkpoint-every", "0", "--buffer-tokens", str(cfg.buffer_tokens)]
     for n in (1, 2):
         run = torchrun_train(n, args.model, args.hook, args.tokens, tmp / f"procs{n}", extra)
         result = evaluate(model, load_sae(tmp / f"procs{n}"), tokens=args.eval_tokens, progress=False)

@@ -29,6 +29,7 @@ def register(sub, common) -> None:
     t.add_argument("--sparsity-coefficient", type=float, default=None, help="L1 (relu) / L0 (jumprelu) coefficient")
     t.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default 128)")
     t.add_argument("--lm-batch-size", type=int, default=None, help="sequences per model forward pass (default 16)")
+    t.add_argument("--buffer-tokens", type=int, default=None, help="mixing buffer per process (default 32768)")
     t.add_argument("--checkpoint-every", type=int, default=None, help="tokens between checkpoints (0: none)")
     t.add_argument("--seed", type=int, default=None)
     t.set_defaults(run=run_train)
@@ -70,7 +71,7 @@ def run_train(args):
                       device=args.device, progress=d.main)
     overrides = {"lr": args.lr, "batch_tokens": args.batch_tokens, "sparsity_coefficient": args.sparsity_coefficient,
                  "seq_len": args.seq_len, "lm_batch_size": args.lm_batch_size,
-                 "checkpoint_every": args.checkpoint_every, "seed": args.seed}
+                 "buffer_tokens": args.buffer_tokens, "checkpoint_every": args.checkpoint_every, "seed": args.seed}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     try:
         return train(load_model_for(args), cfg, args.out, resume=args.resume, d=d)
