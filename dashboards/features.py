@@ -167,18 +167,19 @@ def _stop_layer(hook: str) -> int | None:
 def features_on_text(ctx: Context, fs: FeatureSet, text: str, k: int = FIRING_PER_TOKEN
                      ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """(tokens, top-k feature ids [T, k], their activations [T, k]) of the saved SAE on `text`."""
-    from sae_lens import SAE
+    from interp.sae.io import load_sae
 
     hook = fs.meta.get("hook")
     model = ctx.model()
     if not hook or hook not in model.hook_dict:
         raise InterpError(f"the feature set's hook {hook!r} is not a hook of {ctx.model_spec}; "
                           "start the dashboard with the model the SAE was trained on")
-    sae = ctx.cache.get(("sae", str(fs.folder)), lambda: SAE.load_from_disk(str(fs.sae_folder()), device=ctx.device))
+    sae = ctx.cache.get(("sae", str(fs.folder)), lambda: load_sae(fs.sae_folder(), device=ctx.device))
     with ctx.model_lock:
         tokens = encode(model, text)
         _, cache = model.run_with_cache(tokens, names_filter=hook, stop_at_layer=_stop_layer(hook))
-    acts = sae.encode(cache[hook][0].to(next(sae.parameters()).dtype))
+    x = cache[hook][0].reshape(tokens.shape[1], -1)  # hook_z: heads concatenated, as the SAE was trained
+    acts = sae.encode(x.to(next(sae.parameters()).dtype))
     values, ids = acts.topk(min(k, acts.shape[-1]), dim=-1)
     return str_tokens(model, tokens), ids, values
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -292,6 +290,10 @@ def test_server_takes_a_free_port_and_serves_only_its_files(workspace):
     assert not [s for s in page.split("<script")[1:] if 'src="http' in s or "src='http" in s or 'src="//' in s]
 
 
-def test_cli_dashboard_needs_a_workspace():
-    out = subprocess.run([sys.executable, "-m", "interp", "dashboard"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and "--workspace" in out.stderr
+def test_cli_dashboard_needs_a_workspace(capsys):
+    from interp.cli import main
+
+    assert main(["dashboard"]) == 2
+    assert "--workspace" in capsys.readouterr().err
+    assert main(["dashboard", "--workspace", "ws", "--port", "70000"]) == 2
+    assert "out of range" in capsys.readouterr().err
