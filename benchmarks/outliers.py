@@ -80,7 +80,8 @@ def main() -> None:
     reference = rows["forward pass (logits)"]
     table = [{"what": what, "seconds": round(s, 3), "tokens_per_s": round(n_tokens / s, 1),
               "time_vs_forward": round(s / reference, 3)} for what, s in rows.items()]
-    print(f"{args.model}, {n_tokens} tokens ({len(batches)} batches of {args.batch_size} x {args.seq_len}), "
+    rows_total = sum(b.shape[0] for b in batches)
+    print(f"{args.model}, {n_tokens} tokens ({rows_total} rows of {args.seq_len} in {len(batches)} batches), "
           f"{args.threads} threads, best of {args.repeats}")
     print(f"{'what':28s} {'seconds':>8s} {'tokens/s':>9s} {'x forward':>9s}")
     for r in table:
