@@ -117,9 +117,13 @@ class MassMeanProbe(BinaryProbe):
         mu0, mu1 = self.class_means_
         coef = mu1 - mu0
         if self.whiten:
+            # pinv(Sigma) with Sigma = C^T C / n from the thin SVD of the centred rows C = U S V^T:
+            # Sigma = V (S^2 / n) V^T, which costs n^2 d instead of d^3 when there are fewer rows than dims
             centred = np.concatenate([X[y == 0] - mu0, X[y == 1] - mu1])
-            cov = centred.T @ centred / len(X)
-            coef = np.linalg.pinv(cov, rtol=self.rtol, hermitian=True) @ coef
+            _, s, vt = np.linalg.svd(centred, full_matrices=False)
+            eig = s ** 2 / len(X)
+            keep = eig > self.rtol * eig.max()
+            coef = vt[keep].T @ ((vt[keep] @ coef) / eig[keep])
         self._finish(coef, -coef @ (mu0 + mu1) / 2)
 
 

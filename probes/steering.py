@@ -51,7 +51,9 @@ class SteeringResult(Result):
     answers: list[str]
     example_prompt: str
     vector_norms: list[float]  # |gap-scaled direction| per layer
-    frame: pd.DataFrame  # condition, statements ("true"/"false"), n, p_true, margin, judged_true
+    # condition, statements ("true"/"false"), n, p_true (P(answer 0) of the two), margin (logit difference),
+    # shift +- shift_se (margin change against baseline on the same statements), judged_true
+    frame: pd.DataFrame
 
     def to_frame(self) -> pd.DataFrame:
         return self.frame
@@ -69,20 +71,22 @@ class SteeringResult(Result):
 
         fig = go.Figure()
         for statements, rows in self.frame.groupby("statements"):
-            fig.add_trace(go.Bar(x=rows.condition, y=rows.p_true, name=f"{statements} statements"))
-        fig.update_layout(barmode="group", yaxis_title=f"P({self.answers[0]!r}) / (P(true) + P(false))",
+            fig.add_trace(go.Bar(x=rows.condition, y=rows["shift"], name=f"{statements} statements",
+                                 error_y=dict(type="data", array=(1.96 * rows.shift_se).tolist())))
+        a, b = self.answers
+        fig.update_layout(barmode="group", yaxis_title=f"change of logit({a!r}) - logit({b!r})",
                           title=f"Steering with the {self.method} direction of {self.dataset} at layers "
-                                f"{self.layers} (alpha {self.alpha})")
+                                f"{self.layers} (alpha {self.alpha}); bars: 95% intervals")
         return fig
 
     def summary(self) -> str:
-        t, f = self.answers
+        t = self.answers[0]
 
         def moved(cond: str, statements: str) -> str:
             return (f"P({t!r}) {self.cell('baseline', statements, 'p_true'):.3f} -> "
-                    f"{self.cell(cond, statements, 'p_true'):.3f}, logit diff "
-                    f"{self.cell('baseline', statements):+.2f} -> {self.cell(cond, statements):+.2f}, judged "
-                    f"true {self.cell('baseline', statements, 'judged_true'):.0%} -> "
+                    f"{self.cell(cond, statements, 'p_true'):.3f}, logit diff {self.cell(cond, statements, 'shift'):+.2f}"
+                    f" +- {self.cell(cond, statements, 'shift_se'):.2f}, judged true "
+                    f"{self.cell('baseline', statements, 'judged_true'):.0%} -> "
                     f"{self.cell(cond, statements, 'judged_true'):.0%}")
 
         return "\n".join([
@@ -180,6 +184,24 @@ def _split(dataset: ProbeDataset, n_eval: int, shots: int, seed: int) -> tuple[n
     return train, np.array(taken["eval"]), shot_rows[rng.permutation(len(shot_rows))]
 
 
+def _frame(margins: dict[str, np.ndarray], truth: np.ndarray) -> pd.DataFrame:
+    """Per condition and statement class: mean P(answer 0), margin, paired shift from baseline, judged true."""
+    # the model "judges true" above the midpoint of its own baseline margins for true and false statements
+    threshold = (margins["baseline"][truth].mean() + margins["baseline"][~truth].mean()) / 2
+    records = []
+    for name, values in margins.items():
+        for label, mask in (("true", truth), ("false", ~truth)):
+            m = values[mask]
+            if np.isnan(m).all():
+                continue
+            shift = m - margins["baseline"][mask]  # paired: the same statements without intervention
+            records.append({"condition": name, "statements": label, "n": int(mask.sum()),
+                            "p_true": float((1 / (1 + np.exp(-m))).mean()), "margin": float(m.mean()),
+                            "shift": float(shift.mean()), "shift_se": float(shift.std(ddof=1) / np.sqrt(len(m))),
+                            "judged_true": float((m > threshold).mean())})
+    return pd.DataFrame(records)
+
+
 def steer(model, dataset: ProbeDataset, layers: Sequence[int], method: str = "mass-mean", alpha: float = 1.0,
           n_eval: int = 60, shots: int = 4, answers: Sequence[str] = ANSWERS, suffix: str = SUFFIX,
           seed: int = 0, batch_size: int = 8, workspace: str | Path | None = None) -> SteeringResult:
@@ -194,60 +216,42 @@ def steer(model, dataset: ProbeDataset, layers: Sequence[int], method: str = "ma
     train, held, shot_rows = _split(dataset, n_eval, shots, seed)
     acts = cached_activations(model, [dataset.texts[i] for i in train], layers, "last", None, 32, workspace)
     probes = [make_probe(method).fit(acts[i], dataset.labels[train]) for i in range(len(layers))]
+    dirs = [torch.as_tensor(p.direction_, dtype=torch.float32) for p in probes]
     gen = torch.Generator().manual_seed(seed)
     random_dirs = [(v := torch.randn(model.cfg.d_model, generator=gen)) / v.norm() for _ in layers]
-
-    def unit(vec) -> torch.Tensor:
-        return torch.as_tensor(vec, dtype=torch.float32)
-
-    dirs = [unit(p.direction_) for p in probes]
     sizes = [p.mean_gap_ * alpha for p in probes]
-    means = [float((acts[i] @ dirs[i]).mean()) for i in range(len(layers))]
-    random_means = [float((acts[i] @ random_dirs[i]).mean()) for i in range(len(layers))]
-
-    prefix = few_shot_prefix([(dataset.texts[i], int(dataset.labels[i])) for i in shot_rows], answers, suffix)
-    statements = [dataset.texts[i] for i in held]
-    prompts = [prefix + s + suffix for s in statements]
-    starts = [len(x) - 1 for x in tokenize(model, [prefix + s for s in statements])]
-    truth = dataset.labels[held].astype(bool)
 
     def adds(sign: float, directions: list[torch.Tensor]) -> Callable:
         return lambda mask: [add_hook(layer, sign * size * d, mask)
                              for layer, d, size in zip(layers, directions, sizes, strict=True)]
 
-    def ablates(directions: list[torch.Tensor], centre: list[float]) -> Callable:
-        return lambda mask: [ablate_hook(layer, d, c, mask) for layer, d, c in zip(layers, directions, centre,
-                                                                                      strict=True)]
+    def ablates(directions: list[torch.Tensor]) -> Callable:
+        centres = [float((acts[i] @ d).mean()) for i, d in enumerate(directions)]
+        return lambda mask: [ablate_hook(layer, d, c, mask)
+                             for layer, d, c in zip(layers, directions, centres, strict=True)]
 
-    # (condition, which statements, hooks); add only to false and subtract only from true statements
+    # (condition, which statements, hooks): add only to false and subtract only from true statements
     conditions = [
         ("baseline", None, lambda mask: []),
         ("add", False, adds(1.0, dirs)),
         ("subtract", True, adds(-1.0, dirs)),
         ("random add", False, adds(1.0, random_dirs)),
         ("random subtract", True, adds(-1.0, random_dirs)),
-        ("ablate", None, ablates(dirs, means)),
-        ("random ablate", None, ablates(random_dirs, random_means)),
+        ("ablate", None, ablates(dirs)),
+        ("random ablate", None, ablates(random_dirs)),
     ]
+    prefix = few_shot_prefix([(dataset.texts[i], int(dataset.labels[i])) for i in shot_rows], answers, suffix)
+    statements = [dataset.texts[i] for i in held]
+    prompts = [prefix + s + suffix for s in statements]
+    starts = [len(x) - 1 for x in tokenize(model, [prefix + s for s in statements])]
+    truth = dataset.labels[held].astype(bool)
     margins: dict[str, np.ndarray] = {}
     for name, which, hooks in tqdm(conditions, desc="steering", unit="condition", file=sys.stderr):
         rows = np.arange(len(held)) if which is None else np.flatnonzero(truth == which)
-        m = np.full(len(held), np.nan)
-        m[rows] = answer_margins(model, [prompts[i] for i in rows], [starts[i] for i in rows], answer_ids,
-                                 hooks, batch_size)
-        margins[name] = m
-    # the model "judges true" above the midpoint of its own baseline margins for true and false statements
-    threshold = (margins["baseline"][truth].mean() + margins["baseline"][~truth].mean()) / 2
-    records = []
-    for name, _, _ in conditions:
-        for label, mask in (("true", truth), ("false", ~truth)):
-            m = margins[name][mask]
-            if np.isnan(m).all():
-                continue
-            records.append({"condition": name, "statements": label, "n": int(mask.sum()),
-                            "p_true": float((1 / (1 + np.exp(-m))).mean()), "margin": float(m.mean()),
-                            "judged_true": float((m > threshold).mean())})
+        margins[name] = np.full(len(held), np.nan)
+        margins[name][rows] = answer_margins(model, [prompts[i] for i in rows], [starts[i] for i in rows],
+                                             answer_ids, hooks, batch_size)
     return SteeringResult(
         model=getattr(model.cfg, "spec", model.cfg.model_name), dataset=dataset.name, method=method, layers=layers,
         alpha=alpha, answers=list(answers), example_prompt=prompts[0],
-        vector_norms=[abs(size) for size in sizes], frame=pd.DataFrame(records))
+        vector_norms=[abs(size) for size in sizes], frame=_frame(margins, truth))

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from threadpoolctl import threadpool_limits
 
 from interp.errors import InterpError
 from interp.results import Result, register_result
 from probes.datasets import ProbeDataset
-from probes.estimators import make_probe
+from probes.estimators import LinearProbe, make_probe
 from probes.stats import classification_scores, regression_scores
 
 CLASSIFIERS = ("logistic", "mass-mean", "mass-mean-iid")
@@ -129,6 +130,23 @@ def _scores(method: str, decision: np.ndarray, labels: np.ndarray) -> dict[str, 
     return regression_scores(decision, labels) if method == "ridge" else classification_scores(decision, labels)
 
 
+def _evaluate(method: str, X: np.ndarray, y: np.ndarray, splits: list,
+              tests: dict[str, tuple[ProbeDataset, np.ndarray]]) -> tuple[list[dict], LinearProbe]:
+    """Scores of `method` on one layer: pooled out-of-fold ("cv"), then the probe fit on every row and its
+    scores on each test set; returns the score rows and that probe."""
+    decision = np.zeros(len(y))
+    fold_scores = []
+    for train, held in splits:
+        probe = make_probe(method).fit(X[train], y[train])
+        decision[held] = probe.decision_function(X[held])
+        fold_scores.append(probe.score(X[held], y[held]))
+    rows = [{"eval": "cv", "n": len(y), **_scores(method, decision, y), "fold_std": float(np.std(fold_scores))}]
+    full = make_probe(method).fit(X, y)
+    rows += [{"eval": name, "n": len(test), **_scores(method, full.decision_function(test_X), test.labels)}
+             for name, (test, test_X) in tests.items()]
+    return rows, full
+
+
 def check_methods(methods: Sequence[str], dataset: ProbeDataset) -> list[str]:
     """Validated method names; classifiers need two classes, ridge needs continuous or 0/1 labels."""
     methods = list(dict.fromkeys(methods))
@@ -151,30 +169,25 @@ def sweep(acts: torch.Tensor, dataset: ProbeDataset, layers: Sequence[int], meth
                           f"{len(dataset)} rows; collect them for this dataset")
     splits = _splitter(dataset, folds, seed)
     tests = tests or {}
+    for test, _ in tests.values():
+        if not test.binary and any(m in CLASSIFIERS for m in methods):
+            raise InterpError(f"test dataset {test.name!r} has continuous labels; classifiers need 0/1 labels")
     y = dataset.labels
     rows: list[dict] = []
     coefs = {m: torch.zeros(len(layers), acts.shape[-1]) for m in methods}
     intercepts = {m: torch.zeros(len(layers)) for m in methods}
     gaps = {m: torch.zeros(len(layers)) for m in methods if m != "ridge"}
-    for i, layer in enumerate(tqdm(layers, desc="probes", unit="layer", file=sys.stderr, disable=not progress)):
-        X = acts[i].double().numpy()
-        for method in methods:
-            decision = np.zeros(len(y))
-            fold_scores = []
-            for train, held in splits:
-                probe = make_probe(method).fit(X[train], y[train])
-                decision[held] = probe.decision_function(X[held])
-                fold_scores.append(probe.score(X[held], y[held]))
-            rows.append({"layer": layer, "method": method, "eval": "cv", "n": len(y),
-                         **_scores(method, decision, y), "fold_std": float(np.std(fold_scores))})
-            full = make_probe(method).fit(X, y)
-            coefs[method][i] = torch.from_numpy(full.coef_).float()
-            intercepts[method][i] = full.intercept_
-            if method in gaps:
-                gaps[method][i] = full.mean_gap_
-            for name, (test, test_acts) in tests.items():
-                rows.append({"layer": layer, "method": method, "eval": name, "n": len(test),
-                             **_scores(method, full.decision_function(test_acts[i].double().numpy()), test.labels)})
+    with threadpool_limits(torch.get_num_threads()):  # numpy's BLAS honours the torch thread setting
+        for i, layer in enumerate(tqdm(layers, desc="probes", unit="layer", file=sys.stderr, disable=not progress)):
+            X = acts[i].double().numpy()
+            layer_tests = {name: (test, test_acts[i].double().numpy()) for name, (test, test_acts) in tests.items()}
+            for method in methods:
+                scored, full = _evaluate(method, X, y, splits, layer_tests)
+                rows += [{"layer": layer, "method": method, **row} for row in scored]
+                coefs[method][i] = torch.from_numpy(full.coef_).float()
+                intercepts[method][i] = full.intercept_
+                if method in gaps:
+                    gaps[method][i] = full.mean_gap_
     return ProbeSweepResult(model=model, dataset=dataset.name, position=str(position), layers=list(layers),
                             methods=methods, folds=folds, n=len(dataset), frame=pd.DataFrame(rows), coefs=coefs,
                             intercepts=intercepts, mean_gaps=gaps)

@@ -255,3 +255,51 @@ def test_steering_along_the_planted_direction_moves_the_output(planted_model):
     assert "add to false statements" in result.summary() and result.figure().data
     with pytest.raises(InterpError, match="different first tokens"):
         steer(model, data, [2], answers=(" True", " False"))
+
+
+# -- command line ------------------------------------------------------------------------------------------
+def test_cli_probe_sweeps_tests_steers_and_saves(tmp_path, capsys):
+    from interp.cli import main
+    from interp.workspace import Workspace
+
+    code = main(["probe", "--model", "tiny-llama", "--dataset", "larger_than", "--layers", "0,2", "--method",
+                 "mass-mean", "--test", "neg_larger_than", "--folds", "3", "--steer", "--steer-n", "10",
+                 "--answers", "A,B", "--json", "--workspace", str(tmp_path)])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and [r["kind"] for r in out["results"]] == ["probe", "steering"] and len(out["saved"]) == 2
+    frame = pd.DataFrame(out["results"][0]["frame"])
+    assert set(frame["eval"]) == {"cv", "neg_larger_than"} and sorted(set(frame.layer)) == [0, 2]
+    cv = frame[frame["eval"] == "cv"]
+    assert out["results"][1]["layers"] == [int(cv.loc[cv.accuracy.idxmax(), "layer"])]  # steers at the best layer
+    assert Workspace(tmp_path).latest("probe").n == 400 and Workspace(tmp_path).latest("steering") is not None
+    assert len(list((tmp_path / ".activations").glob("*.safetensors"))) == 3  # train, test, steering rows
+
+
+@pytest.mark.parametrize("body,args,message", [
+    ("text,label\nA is A.,1\nB is B.,1\n", [], "only class"),
+    ("sentence,label\nA,1\nB,0\n", [], "lacks column"),
+    ('text,label\nA is A.,1\n"  ",0\n', [], "empty text"),
+    ("text,label\nA,1\nB,0\n", ["--layers", "7"], "layer 7 is out of range"),
+    ("text,label\nA,1\nB,0\n", ["--method", "svm"], "unknown probe method"),
+    ("text,label\nA,1\nB,0\n", ["--position", "first"], "unknown position"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, body, args, message):
+    from interp.cli import main
+
+    (tmp_path / "data.csv").write_text(body)
+    code = main(["probe", "--model", "tiny-llama", "--dataset", str(tmp_path / "data.csv"), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and message in err[-1] and err[-1].startswith("error: ")
+    assert not [line for line in err if line.startswith("Traceback")]
+
+
+# -- the real default model -------------------------------------------------------------------------------------
+@pytest.mark.real
+def test_cities_truth_probe_beats_chance_widely_at_middle_layers(smollm):
+    from probes.sweep import probe_layers
+
+    result = probe_layers(smollm, load_dataset("cities"), layers=[2, 12], methods=["logistic", "mass-mean"])
+    cv = result.frame.set_index(["method", "layer"])
+    assert cv.loc[("logistic", 12), "accuracy_lo"] > 0.85  # measured 0.94 (95% interval low end ~0.92)
+    assert cv.loc[("mass-mean", 12), "accuracy"] > 0.8 and cv.loc[("logistic", 12), "auroc"] > 0.95
+    assert cv.loc[("logistic", 12), "accuracy"] > cv.loc[("logistic", 2), "accuracy"] + 0.2
