@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -64,6 +65,25 @@ def test_rome_rank_one_update_maps_key_to_value_exactly(tiny):
         last = len("The Eiffel Tower") - 1  # byte-level tokenizer: one token per character
         torch.testing.assert_close(cache["blocks.1.hook_mlp_out"][0, last], info["value"], rtol=1e-4, atol=1e-4)
         assert torch.isclose(info["u"].norm(), torch.tensor(1.0))
+
+
+def test_value_optimisation_lowers_target_nll_with_clamp_and_early_stop(tiny):
+    from circuits.editing.optimize import optimize_values
+
+    # the subject ends the prompt, so the delta reaches the first target token directly
+    requests = [make_request("The city of {}", "Paris", "Q"), make_request("A {}", "cat", "Z")]
+    sites = ["blocks.1.hook_attn_out", "blocks.1.hook_mlp_out"]
+    free = ValueSettings(steps=6, kl_factor=0.0, weight_decay=0.0, clamp=1e6)
+    values = optimize_values(tiny, requests, sites, ["{}", "Hi. {}"], free, progress=False)
+    assert values.target.shape == (2, 2, tiny.cfg.d_model)
+    # a random model's logits are nearly flat (|W_U| ~ 0.02 after RMSNorm), so the reachable drop is small
+    assert all(n[-1] < n[0] - 0.1 for n in values.nlls)
+    tight = optimize_values(tiny, requests, sites, ["{}"], ValueSettings(steps=6, clamp=0.5), progress=False)
+    norms = (tight.target - tight.init).norm(dim=-1) / tight.init.norm(dim=-1)
+    assert (norms <= 0.5 + 1e-5).all()
+    stopped = optimize_values(tiny, requests[:1], sites, ["{}"], dataclasses.replace(free, stop_loss=1e9),
+                              progress=False)
+    assert len(stopped.losses[0]) == 1 and torch.equal(stopped.target, stopped.init)
 
 
 def test_stacked_edits_undo_bit_for_bit_in_reverse_only(tiny):
@@ -223,6 +243,24 @@ def test_save_loads_back_with_the_edit(tiny, tmp_path):
     assert json.loads((folder / "interp_edits.json").read_text())["edits"][0]["method"] == "rome"
     with pytest.raises(InterpError, match="not empty"):
         save_model(tiny, folder)
+
+
+def test_gpt2_architecture_edits_and_saves(tiny_gpt2, tmp_path):
+    """GPT-2's MLP output weight is stored untransposed (Conv1D); saving must still round-trip."""
+    from interp.models import load_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with rome(tiny_gpt2, EIFFEL, layer=2, settings=ROME_FAST, progress=False) as handle:
+            info = handle.info["edits"][0]
+            out = info["key"] @ w_out(tiny_gpt2, 2) + tiny_gpt2.blocks[2].mlp.b_out
+            torch.testing.assert_close(out, info["value"], rtol=1e-5, atol=1e-5)
+            folder = save_model(tiny_gpt2, tmp_path / "gpt2-edited")
+            edited = w_out(tiny_gpt2, 2).detach().clone()
+        assert torch.equal(w_out(load_model(str(folder)), 2), edited)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_cli_edit_json(tiny, capsys, tmp_path):

@@ -103,12 +103,3 @@ def build_batch(model, templates: list[str], subjects: list[str | None], targets
     pad = model.tokenizer.pad_token_id or 0
     tokens = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=model.cfg.device)
     return PromptBatch(tokens, torch.tensor(lookup), torch.tensor([len(r) for r in rows]), target_pos, target_ids)
-
-
-def target_nll(log_probs: torch.Tensor, batch: PromptBatch) -> torch.Tensor:
-    """Mean negative log-likelihood per row of its target tokens, from log-probs [B, T, V]."""
-    out = []
-    for i, (pos, ids) in enumerate(zip(batch.target_pos, batch.target_ids)):
-        picked = log_probs[i, pos, ids] if ids else log_probs.new_zeros(1)
-        out.append(-picked.mean())
-    return torch.stack(out)

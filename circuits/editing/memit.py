@@ -76,7 +76,7 @@ def batch_edit(
 
     def compute() -> dict[int, torch.Tensor]:
         opt = optimize_values(model, reqs, z_sites(last), flat, values, progress=progress)
-        info.update(losses=opt.losses, nll=opt.nll)
+        info.update(losses=opt.losses, nlls=opt.nlls)
         z = opt.target[:, target_site]
         spread_update(model, reqs, layers, groups, z, target_hook(last), lam, divisor, covs)
         return {}

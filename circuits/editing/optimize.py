@@ -7,7 +7,7 @@ and keeps |delta| <= clamp * |init|, stopping a request once its loss drops belo
 reference `compute_v` / `compute_z`. Requests are optimised side by side in one batch: their losses
 are independent, Adam is per element, and a finished request is frozen, so the result equals running
 them one by one. The residual stream below the first site is computed once; each step only runs the
-layers from the first site on.
+layers from the first site on, and unembeds only the positions the loss reads.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 import torch
 from tqdm.auto import tqdm
 
-from circuits.editing.context import PromptBatch, build_batch, target_nll
+from circuits.editing.context import PromptBatch, build_batch
 from circuits.editing.requests import EditRequest
 
 KL_PROMPT = "{} is a"
@@ -43,8 +43,8 @@ class Values:
 
     init: torch.Tensor  # [R, S, d_model]
     target: torch.Tensor  # [R, S, d_model]
-    losses: list[list[float]]  # per request, loss at each step taken
-    nll: list[float]  # final target NLL per request
+    losses: list[list[float]]  # per request, total loss at each step taken
+    nlls: list[list[float]]  # per request, target NLL at each step taken
 
 
 def _layer_of(site: str) -> int:
@@ -86,10 +86,24 @@ def optimize_values(
         inits.append(values.init)
         targets.append(values.target)
         losses += values.losses
-        nlls += values.nll
+        nlls += values.nlls
         bar.update(len(part))
     bar.close()
     return Values(torch.cat(inits), torch.cat(targets), losses, nlls)
+
+
+def _readout(batch: PromptBatch, is_kl: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows, positions, target ids) of the logits the loss reads: every target position of a
+    rewriting row (id = its target token) and the subject's last token of a KL row (id = -1)."""
+    rows, pos, ids = [], [], []
+    for i in range(len(is_kl)):
+        if is_kl[i]:
+            rows.append(i), pos.append(int(batch.lookup[i])), ids.append(-1)
+        else:
+            rows += [i] * len(batch.target_pos[i])
+            pos += batch.target_pos[i]
+            ids += batch.target_ids[i]
+    return torch.tensor(rows), torch.tensor(pos), torch.tensor(ids)
 
 
 def _optimize_chunk(model, requests, sites, templates, settings: ValueSettings) -> Values:
@@ -98,7 +112,10 @@ def _optimize_chunk(model, requests, sites, templates, settings: ValueSettings) 
     rows = torch.arange(len(owner))
     start = min(_layer_of(s) for s in sites)
     with torch.no_grad():
-        resid = model(batch.tokens, stop_at_layer=start) if start > 0 else None
+        resid = model(batch.tokens, stop_at_layer=start)  # the residual entering block `start`
+    read_rows, read_pos, read_ids = _readout(batch, is_kl)
+    is_target = read_ids >= 0
+    per_row = torch.zeros(len(owner)).index_add(0, read_rows[is_target], torch.ones(int(is_target.sum())))
     delta = torch.zeros(n_req, n_sites, d, device=model.cfg.device, requires_grad=True)
     init = torch.zeros(n_req, n_sites, d, device=model.cfg.device)
     first_row = torch.tensor([int((owner == r).nonzero()[0]) for r in range(n_req)])
@@ -119,7 +136,7 @@ def _optimize_chunk(model, requests, sites, templates, settings: ValueSettings) 
     done = torch.zeros(n_req, dtype=torch.bool)
     kl_init = None
     traces: list[list[float]] = [[] for _ in range(n_req)]
-    nll_last = torch.zeros(n_req)
+    nll_traces: list[list[float]] = [[] for _ in range(n_req)]
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         p.requires_grad_(False)
@@ -127,29 +144,28 @@ def _optimize_chunk(model, requests, sites, templates, settings: ValueSettings) 
         for step in range(settings.steps):
             opt.zero_grad()
             with model.hooks(fwd_hooks=hooks):
-                if resid is None:
-                    logits = model(batch.tokens)
-                else:
-                    logits = model(resid, start_at_layer=start)
-            log_probs = logits.log_softmax(-1)
-            kl_rows = rows[is_kl]
-            kl_lp = log_probs[kl_rows, batch.lookup[kl_rows]]  # [R, V], next token after the subject
+                final = model(resid, start_at_layer=start, stop_at_layer=model.cfg.n_layers)
+            # unembed only the positions the loss reads
+            picked = model.ln_final(final[read_rows, read_pos][:, None])
+            log_probs = model.unembed(picked)[:, 0].log_softmax(-1).cpu()  # [N, V]
+            kl_lp = log_probs[~is_target]  # [R, V]: the token after the subject in "{subject} is a"
             if kl_init is None:
                 kl_init = kl_lp.detach()
             kl = (kl_lp.exp() * (kl_lp - kl_init)).sum(-1)  # KL(p || p_init), as the reference computes
-            nll_rows = target_nll(log_probs, batch)
-            nll = torch.zeros(n_req).index_add(0, owner[~is_kl], nll_rows[~is_kl].cpu()) / len(templates)
-            decay = (delta.norm(dim=-1) ** 2 / init.norm(dim=-1) ** 2).sum(-1)
-            loss = nll.to(delta.device) + settings.kl_factor * kl + settings.weight_decay * decay
-            nll_last = torch.where(done, nll_last, nll.detach())
+            token_nll = -log_probs[is_target].gather(1, read_ids[is_target, None])[:, 0]
+            row_nll = torch.zeros(len(owner)).index_add(0, read_rows[is_target], token_nll) / per_row.clamp(min=1)
+            nll = torch.zeros(n_req).index_add(0, owner[~is_kl], row_nll[~is_kl]) / len(templates)
+            decay = (delta.norm(dim=-1) ** 2 / init.norm(dim=-1) ** 2).sum(-1).cpu()
+            loss = nll + settings.kl_factor * kl + settings.weight_decay * decay
             for r in range(n_req):
                 if not done[r]:
                     traces[r].append(float(loss[r].detach()))
-            done |= (loss.detach().cpu() < settings.stop_loss)
+                    nll_traces[r].append(float(nll[r].detach()))
+            done |= loss.detach() < settings.stop_loss
             if bool(done.all()) or step == settings.steps - 1:
                 break
             frozen = delta.detach()[done].clone()
-            loss[~done.to(loss.device)].sum().backward()
+            loss[~done].sum().backward()
             opt.step()
             with torch.no_grad():
                 delta[done] = frozen
@@ -159,4 +175,4 @@ def _optimize_chunk(model, requests, sites, templates, settings: ValueSettings) 
     finally:
         for p in params:
             p.requires_grad_(True)
-    return Values(init.cpu(), (init + delta.detach()).cpu(), traces, nll_last.tolist())
+    return Values(init.cpu(), (init + delta.detach()).cpu(), traces, nll_traces)

@@ -52,7 +52,7 @@ def rome_update(model, request: EditRequest, layer: int, templates: list[str], c
     current = plain(model, mlp_out(layer), [request])[0].double()
     v = (target - current) / key.dot(u)
     info = {"u": u.float(), "v": v.float(), "key": key.float(), "value": target.float(),
-            "losses": opt.losses[0], "nll": opt.nll[0]}
+            "losses": opt.losses[0], "nlls": opt.nlls[0]}
     return torch.outer(u, v), info
 
 

@@ -107,8 +107,10 @@ def evaluate_each(
     for case in tqdm(cases, desc=f"{method} per case", disable=not progress, file=sys.stderr):
         t = time.perf_counter()
         with fn(model, [case], layers if method != "rome" else layers[0], progress=False, **kwargs):
-            edit_seconds += time.perf_counter() - t
-            posts.append(score_cases(model, [case], "post", generations, gen_tokens, progress=False))
+            seconds = time.perf_counter() - t
+            edit_seconds += seconds
+            post = score_cases(model, [case], "post", generations, gen_tokens, progress=False)
+            posts.append(post.assign(edit_seconds=seconds))
     return EditResult(
         model=str(model.cfg.spec), method=method, layers=layers, requests=[c.to_record() for c in cases],
         cases=_concat(pre, *posts), edit_seconds=edit_seconds, seconds=time.perf_counter() - start,
