@@ -129,7 +129,7 @@ def run_patches(model, base: BaseRun, patches: list[Patch], read_ids: torch.Tens
     by_pos: dict[int, list[int]] = defaultdict(list)
     for i, patch in enumerate(patches):
         by_pos[patch.start_pos].append(i)
-    per_chunk = max(1, max_rows // (n_base * 1))
+    per_chunk = max(1, max_rows // n_base)
     for start_pos, members in by_pos.items():
         members.sort(key=lambda i: patches[i].start_layer)
         for c in range(0, len(members), per_chunk):

@@ -23,6 +23,8 @@ COMMAND_MODULES = [
     "interp.cli.probe",
     "interp.cli.dashboard",
     "interp.cli.sae",
+    "interp.cli.trace",
+    "interp.cli.patch",
 ]
 
 
