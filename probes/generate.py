@@ -2,7 +2,7 @@
 
 Deterministic (fixed seeds), so `python -m probes.generate` rewrites identical files. Each dataset has
 a negated variant built from the same rows with "not" inserted and the label flipped, as in Marks &
-Tegmark's cities / neg_cities. Columns: text, label (1 = true / larger / positive), group (rows that
+Tegmark's cities / neg_cities. Columns: text, label (1 = true / larger / positive; the number itself in `numbers`), group (rows that
 share a group stay in one cross-validation fold), mark (a substring whose last token `position="mark"`
 reads).
 """
@@ -43,8 +43,11 @@ def cities(negated: bool = False) -> list[Row]:
 
 
 def number_word(n: int) -> str:
+    """English words for 0..99: 'seven', 'thirteen', 'fifty-one'."""
+    if n < 20:
+        return sources.UNITS[n] if n < 10 else sources.TEENS[n - 10]
     tens, units = divmod(n, 10)
-    word = sources.TENS[tens - 5]
+    word = sources.TENS[tens - 2]
     return f"{word}-{sources.UNITS[units]}" if units else word
 
 
@@ -67,6 +70,13 @@ def comparisons(word: str = "larger", negated: bool = False) -> list[Row]:
     return rows
 
 
+def numbers() -> list[Row]:
+    """Numbers 2..99 in words inside short sentences; the label is the number (for ridge probes).
+    Groups are the numbers, so folds hold out whole numbers."""
+    return [_row(t.format(number_word(n)), n, str(n), number_word(n))
+            for n in range(2, 100) for t in sources.NUMBER_TEMPLATES]
+
+
 def sentiment(negated: bool = False, per_class: int = 200) -> list[Row]:
     """Short reviews; label 1 = positive. Groups are the sentiment words, so folds hold out words."""
     rng = random.Random(8)
@@ -85,6 +95,7 @@ BUILDERS: dict[str, Callable[[], list[Row]]] = {
     "larger_than": comparisons,
     "neg_larger_than": lambda: comparisons(negated=True),
     "smaller_than": lambda: comparisons("smaller"),
+    "numbers": numbers,
     "sentiment": sentiment,
     "neg_sentiment": lambda: sentiment(negated=True),
 }

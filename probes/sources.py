@@ -63,8 +63,13 @@ CITIES: dict[str, tuple[str, ...]] = {
     "Cuba": ("Havana",),
 }
 
-TENS = ("fifty", "sixty", "seventy", "eighty", "ninety")
-UNITS = ("", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+UNITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+TEENS = ("ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
+         "nineteen")
+TENS = ("twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
+# "{}" is a number word; the label of the `numbers` dataset is the number itself (a ridge target)
+NUMBER_TEMPLATES = ("The number is {}.", "I counted {} apples.", "There were {} people in the room.",
+                    "The box holds {} books.")
 
 SENTIMENT_NOUNS = ("movie", "meal", "concert", "hotel", "book", "service", "trip", "game", "show",
                    "weather", "party", "performance")

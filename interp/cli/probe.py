@@ -3,11 +3,12 @@
 
 def register(sub, common) -> None:
     p = sub.add_parser("probe", parents=[common], help="linear probes per layer (+ generalisation and steering)")
-    p.add_argument("--dataset", required=True, help="built-in name (cities, neg_cities, larger_than, "
-                   "neg_larger_than, smaller_than, sentiment, neg_sentiment) or a .csv/.jsonl with text,label")
+    p.add_argument("--dataset", required=True, help="built-in name (cities, neg_cities, larger_than, numbers, "
+                   "neg_larger_than, smaller_than, sentiment, neg_sentiment), a .csv/.jsonl with text,label, "
+                   "or several joined with + (cities+neg_cities)")
     p.add_argument("--layers", default="all", help="'all', '5', '3,7' or '4-8' (default: all)")
-    p.add_argument("--method", default="logistic,mass-mean",
-                   help="comma list of logistic, mass-mean, mass-mean-iid, ridge (default: logistic,mass-mean)")
+    p.add_argument("--method", default=None, help="comma list of logistic, mass-mean, mass-mean-iid, ridge "
+                   "(default: logistic,mass-mean; ridge for continuous labels)")
     p.add_argument("--position", default="last", help="last, mean, mark (the row's 'mark' word) or a token index")
     p.add_argument("--test", default="", help="comma list of datasets to test the probes on (e.g. neg_cities)")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default: 5)")
@@ -34,7 +35,8 @@ def run(args):
 
     dataset = load_dataset(args.dataset)
     tests = [load_dataset(name.strip()) for name in args.test.split(",") if name.strip()]
-    methods = check_methods([m.strip() for m in args.method.split(",") if m.strip()], dataset)
+    method = args.method or ("logistic,mass-mean" if dataset.binary else "ridge")
+    methods = check_methods([m.strip() for m in method.split(",") if m.strip()], dataset)
     position = parse_position(args.position)
     model = load_model_for(args)
     layers = parse_layers(model, args.layers)
