@@ -19,7 +19,9 @@ setup: $(VENV)/.installed
 
 main: setup
 	$(VENV)/bin/interp info
-	$(VENV)/bin/interp lens "$(PROMPT)" --workspace workspace
+	$(VENV)/bin/interp trace "$(PROMPT)" --subject "Eiffel Tower" --workspace workspace --html workspace/trace.html
+	$(VENV)/bin/interp lens "$(PROMPT)" --workspace workspace --html workspace/lens.html
+	@echo "figures: workspace/trace.html workspace/lens.html; browse all: .venv/bin/interp dashboard --workspace workspace"
 
 # Browser tests need Debian's Chromium; installed when we are root, else those tests skip.
 browser:
