@@ -283,6 +283,7 @@ def test_cli_edit_json(tiny, capsys, tmp_path):
 
 @pytest.mark.real
 def test_rome_moves_the_eiffel_tower_to_rome(smollm):
+    """Default layer (4); 5 context prefixes instead of 20 and 20k-token statistics keep it fast."""
     prompt = "The Eiffel Tower is located in the city of"
     neighbors = ["The Louvre is located in the city of", "The capital of France is", "The Colosseum is located in the city of"]
 
@@ -295,7 +296,7 @@ def test_rome_moves_the_eiffel_tower_to_rome(smollm):
     with pytest.raises(InterpError, match="already answers"):
         rome(smollm, {"prompt": "{} is located in the city of", "subject": "The Eiffel Tower", "target_new": "Paris"})
     with rome(smollm, {"prompt": "{} is located in the city of", "subject": "The Eiffel Tower", "target_new": " Rome"},
-              settings=ROMESettings(stats_tokens=50_000)):
+              settings=ROMESettings(context_lengths=((5, 5),), stats_tokens=TOKENS)):
         assert top(prompt) == " Rome"
         assert top("Where is the Eiffel Tower? It is in the city of") == " Rome"
         assert [top(p) for p in neighbors] == before[1:]
