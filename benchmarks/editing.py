@@ -58,6 +58,7 @@ def main() -> None:
             start = time.perf_counter()
             second_moments(model, [layer], n_tokens=args.stats_tokens)
             report["stats_seconds_one_layer"] = time.perf_counter() - start
+            _progress(report, "stats_seconds_one_layer")
         if old is None:
             os.environ.pop("INTERP_CACHE")
         else:
@@ -73,6 +74,7 @@ def main() -> None:
     per_edit = result.cases["edit_seconds"].dropna().tolist()
     report["rome"] = {"cases": len(per_edit), "seconds_per_edit": statistics.mean(per_edit),
                       "seconds_per_edit_stdev": statistics.pstdev(per_edit), "scores": _scores(result)}
+    _progress(report, "rome")
 
     pool = test + dev
     report["memit"] = {}
@@ -82,12 +84,18 @@ def main() -> None:
                                            settings=MEMITSettings(stats_tokens=args.stats_tokens))
         handle.undo()
         report["memit"][str(len(cases))] = {"seconds": result.edit_seconds, "scores": _scores(result)}
+        _progress(report, "memit")
 
     if args.json:
         json.dump(report, sys.stdout)
         print()
     else:
         _table(report)
+
+
+def _progress(report: dict, key: str) -> None:
+    """Each finished stage as one JSON line on stderr, so a long run can be followed."""
+    print(json.dumps({key: report[key]}), file=sys.stderr, flush=True)
 
 
 def _scores(result) -> dict:

@@ -64,19 +64,16 @@ class EditHandle:
             self.undo()
 
 
-def apply_updates(model, method: str, requests: list, layers: list[int],
-                  compute: Callable[[], dict[int, torch.Tensor]], info: dict[str, Any] | None = None) -> EditHandle:
-    """Save W_out of `layers`, run `compute`, add the updates it returns, and return the handle.
+def apply_updates(model, method: str, requests: list, layers: list[int], compute: Callable[[], None],
+                  info: dict[str, Any] | None = None) -> EditHandle:
+    """Save W_out of `layers`, run `compute` (which writes into those weights), return the handle.
 
-    `compute` may already write into those layers (MEMIT updates layer by layer); on any error every
-    saved weight is restored before the error propagates, so a failed edit leaves the model unchanged.
+    On any error every saved weight is restored before the error propagates, so a failed edit
+    leaves the model unchanged.
     """
     originals = {l: w_out(model, l).detach().clone() for l in layers}
     try:
-        updates = compute()
-        with torch.no_grad():
-            for layer, update in updates.items():
-                w_out(model, layer).copy_(originals[layer] + update.to(originals[layer].dtype))
+        compute()
     except BaseException:
         with torch.no_grad():
             for layer, weight in originals.items():

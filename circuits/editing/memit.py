@@ -74,12 +74,11 @@ def batch_edit(
     last = layers[-1]
     info: dict[str, Any] = {"templates": flat}
 
-    def compute() -> dict[int, torch.Tensor]:
+    def compute() -> None:
         opt = optimize_values(model, reqs, z_sites(last), flat, values, progress=progress)
         info.update(losses=opt.losses, nlls=opt.nlls)
         z = opt.target[:, target_site]
         spread_update(model, reqs, layers, groups, z, target_hook(last), lam, divisor, covs)
-        return {}
 
     return apply_updates(model, method, reqs, layers, compute, info)
 

@@ -69,12 +69,11 @@ def rome(model, requests: EditRequest | dict | list, layer: int | None = None,
     templates = [t for group in context_templates(model, settings.context_lengths) for t in group]
     infos: list[dict[str, Any]] = []
 
-    def compute() -> dict[int, torch.Tensor]:
+    def compute() -> None:
         for req in reqs:  # each edit sees the ones before it
             update, info = rome_update(model, req, layer, templates, cov, settings.values)
             with torch.no_grad():
                 w_out(model, layer).add_(update.to(w_out(model, layer).dtype))
             infos.append(info)
-        return {}
 
     return apply_updates(model, "rome", reqs, [layer], compute, {"edits": infos, "templates": templates})
