@@ -29,6 +29,10 @@ def cos(a, b) -> float:
 
 
 # -- datasets --------------------------------------------------------------------------------------
+def test_every_generated_dataset_is_built_in():
+    assert set(BUILTIN) == set(BUILDERS)
+
+
 @pytest.mark.parametrize("name", BUILTIN)
 def test_builtin_datasets_are_balanced_and_regenerate_identically(name):
     data = load_dataset(name)
