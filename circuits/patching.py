@@ -152,7 +152,8 @@ def patch(model, clean: str, corrupt: str, target: str | None = None, foil: str 
 
     cells = {site: _cells(site, L, T, H) for site in sites}
     patches = [Patch((_write(site, layer, i, clean_cache),)) for site in sites for layer, i in cells[site]]
-    read = run_patches(model, base, patches, torch.tensor([metric.answer_id, metric.foil_id]))[:, 0]
+    read = run_patches(model, base, patches, torch.tensor([metric.answer_id, metric.foil_id]),
+                       desc="patching")[:, 0]
     ld = metric.normalise_ld(read[:, 0] - read[:, 1])
     prob = metric.normalise_p((read[:, 0] - read[:, 2]).exp())
     logit_diff, probability, at = {}, {}, 0

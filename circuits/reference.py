@@ -28,23 +28,27 @@ def _patched_prob(model, tokens, corruption: Corruption, restore: list[tuple[str
 
 @torch.no_grad()
 def trace_reference(model, prompt: str, subject: str, noise_std: float, target: str | None = None,
-                    kinds=KINDS, samples: int = 10, window: int = 10, seed: int = 1, progress: bool = True):
-    """(scores {kind: [T, L]}, high, low) by one forward pass per cell, as the reference code does."""
+                    kinds=KINDS, samples: int = 10, window: int = 10, seed: int = 1, progress: bool = True,
+                    cells: list[tuple[int, int]] | None = None):
+    """(scores {kind: [T, L]}, high, low) by one forward pass per cell, as the reference code does.
+
+    `cells` limits the work to some (token, layer) cells (the others stay NaN), to time the loop per pass.
+    """
     tokens, span, answer_id, _ = prepare(model, prompt, subject, target, samples, window)
     corruption = Corruption.draw(model, span, samples, noise_std, seed)
     probs = model(tokens)[0, -1].softmax(-1)
     answer_id = int(probs.argmax()) if answer_id is None else answer_id
     high, low = float(probs[answer_id]), _patched_prob(model, tokens, corruption, [], answer_id)
     T, L = tokens.shape[1], model.cfg.n_layers
+    cells = [(t, layer) for t in range(T) for layer in range(L)] if cells is None else cells
     scores = {}
-    bar = tqdm(total=len(kinds) * T * L, desc="reference trace", disable=not progress)
+    bar = tqdm(total=len(kinds) * len(cells), desc="reference trace", disable=not progress)
     for kind in kinds:
-        scores[kind] = torch.empty(T, L)
-        for t in range(T):
-            for layer in range(L):
-                names = ([resid_post(layer)] if kind == "hidden"
-                         else [_OUTPUT_HOOK[kind](j) for j in window_layers(layer, window, L)])
-                scores[kind][t, layer] = _patched_prob(model, tokens, corruption, [(n, t) for n in names], answer_id)
-                bar.update()
+        scores[kind] = torch.full((T, L), float("nan"))
+        for t, layer in cells:
+            names = ([resid_post(layer)] if kind == "hidden"
+                     else [_OUTPUT_HOOK[kind](j) for j in window_layers(layer, window, L)])
+            scores[kind][t, layer] = _patched_prob(model, tokens, corruption, [(n, t) for n in names], answer_id)
+            bar.update()
     bar.close()
     return scores, high, low

@@ -18,6 +18,7 @@ import re
 from collections import defaultdict
 
 import torch
+from tqdm import tqdm
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 _BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
@@ -117,12 +118,12 @@ def _write_hooks(writes: list[tuple[int, Write]], n_base: int, start_pos: int, d
 
 @torch.no_grad()
 def run_patches(model, base: BaseRun, patches: list[Patch], read_ids: torch.Tensor,
-                max_rows: int = 2048) -> torch.Tensor:
+                max_rows: int = 2048, desc: str | None = None) -> torch.Tensor:
     """For each patch and base row: the last position's logits at `read_ids` and the log-sum-exp of all
     logits, as a [len(patches), B, len(read_ids) + 1] tensor (log-probability = logit - lse).
 
     The result equals running the full model once per patch with the writes as hooks (up to float
-    rounding), at a fraction of the cost.
+    rounding), at a fraction of the cost. `desc` shows a progress bar (stderr) under that name.
     """
     n_base, T = base.resid_pre[0].shape[:2]
     out = torch.empty(len(patches), n_base, len(read_ids) + 1, device=base.logits.device)
@@ -130,11 +131,12 @@ def run_patches(model, base: BaseRun, patches: list[Patch], read_ids: torch.Tens
     for i, patch in enumerate(patches):
         by_pos[patch.start_pos].append(i)
     per_chunk = max(1, max_rows // n_base)
-    for start_pos, members in by_pos.items():
+    chunks = []
+    for start_pos, members in sorted(by_pos.items()):
         members.sort(key=lambda i: patches[i].start_layer)
-        for c in range(0, len(members), per_chunk):
-            chunk = members[c:c + per_chunk]
-            out[chunk] = _run_chunk(model, base, [patches[i] for i in chunk], start_pos, read_ids)
+        chunks += [(start_pos, members[c:c + per_chunk]) for c in range(0, len(members), per_chunk)]
+    for start_pos, chunk in tqdm(chunks, desc=desc, disable=desc is None, leave=False):
+        out[chunk] = _run_chunk(model, base, [patches[i] for i in chunk], start_pos, read_ids)
     return out
 
 

@@ -18,7 +18,7 @@ from interp.errors import InterpError
 from interp.results import Result, register_result
 
 
-def trace_facts(model, facts: str = "builtin", limit: int | None = 100, kinds=KINDS, samples: int = 10,
+def trace_facts(model, facts: str = "builtin", limit: int | None = 50, kinds=KINDS, samples: int = 10,
                 noise: float = 3.0, noise_std: float | None = None, window: int = 10, seed: int = 1,
                 split: str | None = None) -> TraceStudyResult:
     """Trace the first `limit` facts of `facts` ('builtin' or a CounterFact file) that the model answers
@@ -38,7 +38,7 @@ def trace_facts(model, facts: str = "builtin", limit: int | None = 100, kinds=KI
     highs, lows, case_ids = [], [], []
     for record in tqdm(records, desc="tracing facts"):
         result = trace(model, fact_prompt(record), record["requested_rewrite"]["subject"], kinds=kinds,
-                       samples=samples, noise_std=std, window=window, seed=seed)
+                       samples=samples, noise_std=std, window=window, seed=seed, progress=False)
         groups = group_positions(len(result.tokens), tuple(result.subject_range))
         for kind in kinds:
             ie = result.indirect_effect(kind)

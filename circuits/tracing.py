@@ -121,7 +121,8 @@ def check_answer_prob(model, answer_id: int, prob: float) -> None:
 
 @torch.no_grad()
 def trace(model, prompt: str, subject: str, target: str | None = None, kinds=KINDS, samples: int = 10,
-          noise: float = 3.0, noise_std: float | None = None, window: int = 10, seed: int = 1) -> TraceResult:
+          noise: float = 3.0, noise_std: float | None = None, window: int = 10, seed: int = 1,
+          progress: bool = True) -> TraceResult:
     """Causal trace of `prompt` with `subject` corrupted; one T x L table of restored probabilities per kind.
 
     The answer is the clean run's top-1 next token, or the first token of `target` (a multi-token target
@@ -147,7 +148,8 @@ def trace(model, prompt: str, subject: str, target: str | None = None, kinds=KIN
     # Positions before the subject never see the noise, so restoring them changes nothing: score = low.
     cells = [(kind, t, l) for kind in kinds for t in range(span[0], T) for l in range(L)]
     patches = [Patch(_restore_writes(kind, t, l, clean, window, L)) for kind, t, l in cells]
-    read = run_patches(model, base, patches, torch.tensor([answer_id], device=tokens.device))
+    read = run_patches(model, base, patches, torch.tensor([answer_id], device=tokens.device),
+                       desc="tracing" if progress else None)
     restored = (read[..., 0] - read[..., 1]).exp().mean(-1)  # [cells]
     scores = {kind: torch.full((T, L), low) for kind in kinds}
     for (kind, t, l), value in zip(cells, restored.tolist()):

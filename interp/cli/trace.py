@@ -20,7 +20,7 @@ def register(sub, common) -> None:
     p.add_argument("--seed", type=int, default=1, help="seed of the noise draw (default 1)")
     p.add_argument("--facts", default=None, help="'builtin' or a CounterFact .json/.jsonl file: average "
                                                  "indirect effect over the facts the model answers correctly")
-    p.add_argument("--limit", type=int, default=100, help="facts to trace with --facts (default 100)")
+    p.add_argument("--limit", type=int, default=50, help="facts to trace with --facts (default 50)")
     p.add_argument("--knockout", action="store_true", help="also block attention from the last token to the "
                                                            "subject, per layer window")
     p.set_defaults(run=run)
