@@ -17,7 +17,7 @@ from interp.workspace import Workspace
 @register_result
 @dataclasses.dataclass
 class _Toy(Result):
-    kind = "toy"
+    kind = "results_toy"
     name: str
     scores: torch.Tensor
     per_kind: dict
@@ -53,17 +53,17 @@ def test_workspace_lists_newest_first_and_never_overwrites(tmp_path):
     first = ws.save(_toy(), "run")
     second = ws.save(_toy(), "run")
     assert first != second and first.exists() and second.exists()
-    assert [e.path for e in ws.entries("toy")] == [second, first]
-    assert isinstance(ws.latest("toy"), _Toy)
+    assert [e.path for e in ws.entries("results_toy")] == [second, first]
+    assert isinstance(ws.latest("results_toy"), _Toy)
 
 
 def test_half_written_results_are_ignored(tmp_path):
     ws = Workspace(tmp_path)
-    (tmp_path / "toy" / ".tmp-abc").mkdir(parents=True)
-    (tmp_path / "toy" / "broken").mkdir()
+    (tmp_path / "results_toy" / ".tmp-abc").mkdir(parents=True)
+    (tmp_path / "results_toy" / "broken").mkdir()
     assert ws.entries() == []
     with pytest.raises(InterpError, match="not a saved result"):
-        Result.read(tmp_path / "toy" / "broken")
+        Result.read(tmp_path / "results_toy" / "broken")
 
 
 def test_load_refuses_paths_outside_the_workspace(tmp_path):
