@@ -33,13 +33,15 @@ def read_facts(path: str | Path = FACTS_PATH) -> list[dict]:
     except OSError as e:
         raise InterpError(f"cannot read facts file {path} ({e.strerror}); pass an existing .jsonl or .json file") from e
     try:
-        records = json.loads(text) if path.suffix == ".json" else [json.loads(line) for line in text.splitlines() if line.strip()]
+        lines = [line for line in text.splitlines() if line.strip()]
+        records = json.loads(text) if path.suffix == ".json" else [json.loads(line) for line in lines]
     except ValueError as e:
         raise InterpError(f"{path} is not valid JSON ({e}); one CounterFact record per line is expected") from e
     for record in records:
         rewrite = record.get("requested_rewrite") if isinstance(record, dict) else None
         if not isinstance(rewrite, dict) or "{}" not in rewrite.get("prompt", "") or not rewrite.get("subject"):
-            raise InterpError(f"{path}: a record lacks requested_rewrite.prompt with '{{}}' or a subject; see DESIGN.md")
+            raise InterpError(f"{path}: a record lacks requested_rewrite.prompt with '{{}}' or a subject; "
+                              "see the CounterFact format in DESIGN.md")
     return records
 
 

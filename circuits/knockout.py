@@ -62,7 +62,8 @@ def knockout(model, prompt: str, subject: str, target: str | None = None, window
     return KnockoutResult(
         model=str(getattr(model.cfg, "spec", model.cfg.model_name)), prompt=prompt, subject=subject,
         tokens=str_tokens(model, tokens), subject_range=list(span), answer=model.tokenizer.decode([answer_id]),
-        answer_id=answer_id, target_multi_token=multi, prob=base, window=window, change=change, seconds=time.perf_counter() - began,
+        answer_id=answer_id, target_multi_token=multi, prob=base, window=window, change=change,
+        seconds=time.perf_counter() - began,
     )
 
 

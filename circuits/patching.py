@@ -59,7 +59,7 @@ def _write(site: str, layer: int, index: int, clean) -> Write:
 
 
 @dataclasses.dataclass
-class _Metric:
+class Metric:
     """Logit difference and probability of the answer at the last position, and their normalisation."""
 
     answer_id: int
@@ -76,7 +76,7 @@ class _Metric:
         return (p - self.corrupt_p) / (self.clean_p - self.corrupt_p)
 
 
-def _metric(model, clean_logits, corrupt_logits, target: str | None, foil: str | None) -> _Metric:
+def _metric(model, clean_logits, corrupt_logits, target: str | None, foil: str | None) -> Metric:
     clean_last, corrupt_last = clean_logits[0, -1], corrupt_logits[0, -1]
     answer_id = int(clean_last.argmax()) if target is None else answer_token(model, target)[0]
     if foil is None:
@@ -86,7 +86,7 @@ def _metric(model, clean_logits, corrupt_logits, target: str | None, foil: str |
         foil_id = answer_token(model, foil)[0]
     if foil_id == answer_id:
         raise InterpError("the answer and the foil are the same token; pass a different --foil")
-    metric = _Metric(
+    metric = Metric(
         answer_id, foil_id,
         clean_ld=float(clean_last[answer_id] - clean_last[foil_id]),
         corrupt_ld=float(corrupt_last[answer_id] - corrupt_last[foil_id]),
@@ -99,7 +99,7 @@ def _metric(model, clean_logits, corrupt_logits, target: str | None, foil: str |
     return metric
 
 
-def attribution(model, clean_tokens, corrupt_tokens, metric: _Metric, sites) -> dict[str, torch.Tensor]:
+def attribution(model, clean_tokens, corrupt_tokens, metric: Metric, sites) -> dict[str, torch.Tensor]:
     """Attribution patching: (clean - corrupted) x gradient of the logit difference on the corrupted run,
     per cell, normalised like the exact logit difference (divided by clean - corrupted logit difference)."""
     L = model.cfg.n_layers

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
-from circuits.tracing import _OUTPUT_HOOK, KINDS, Corruption, prepare, window_layers
+from circuits.tracing import OUTPUT_HOOKS, KINDS, Corruption, prepare, window_layers
 from interp.hooks import resid_post
 
 
@@ -47,7 +47,7 @@ def trace_reference(model, prompt: str, subject: str, noise_std: float, target: 
         scores[kind] = torch.full((T, L), float("nan"))
         for t, layer in cells:
             names = ([resid_post(layer)] if kind == "hidden"
-                     else [_OUTPUT_HOOK[kind](j) for j in window_layers(layer, window, L)])
+                     else [OUTPUT_HOOKS[kind](j) for j in window_layers(layer, window, L)])
             scores[kind][t, layer] = _patched_prob(model, tokens, corruption, [(n, t) for n in names], answer_id)
             bar.update()
     bar.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import defaultdict
+from collections.abc import Callable
 
 import torch
 from tqdm import tqdm
@@ -85,7 +86,7 @@ class BaseRun:
         )
 
 
-def _write_hooks(writes: list[tuple[int, Write]], n_base: int, start_pos: int, device) -> list[tuple[str, callable]]:
+def _write_hooks(writes: list[tuple[int, Write]], n_base: int, start_pos: int, device) -> list[tuple[str, Callable]]:
     """TL forward hooks applying `writes` (each tagged with its patch's index in the chunk)."""
     by_hook: dict[str, list[tuple[int, Write]]] = defaultdict(list)
     for i, write in writes:
@@ -103,7 +104,8 @@ def _write_hooks(writes: list[tuple[int, Write]], n_base: int, start_pos: int, d
                 vals = torch.stack([v for v in vals for _ in range(n_base)])
                 pos = None if all_pos else torch.tensor(
                     [w.pos - start_pos for _, w in group for _ in range(n_base)], device=device)
-                head = torch.tensor([w.head for _, w in group for _ in range(n_base)], device=device) if with_head else None
+                head = (torch.tensor([w.head for _, w in group for _ in range(n_base)], device=device)
+                        if with_head else None)
                 ops.append((rows, pos, head, vals))
 
         def hook(act, hook, ops=ops):

@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from circuits.facts import FACTS_PATH, fact_prompt, load_facts
-from circuits.tracing import GROUPS, KINDS, _COLORS, check_kinds, group_positions, resolve_noise_std, trace
+from circuits.tracing import GROUPS, KINDS, KIND_COLORS, check_kinds, group_positions, resolve_noise_std, trace
 from interp.errors import InterpError
 from interp.results import Result, register_result
 
@@ -90,7 +90,7 @@ class TraceStudyResult(Result):
         fig = make_subplots(rows=1, cols=len(kinds), shared_yaxes=True,
                             subplot_titles=[f"average indirect effect ({k})" for k in kinds])
         for i, kind in enumerate(kinds, start=1):
-            fig.add_trace(go.Heatmap(z=self.effects[kind].tolist(), y=list(GROUPS), colorscale=_COLORS[kind],
+            fig.add_trace(go.Heatmap(z=self.effects[kind].tolist(), y=list(GROUPS), colorscale=KIND_COLORS[kind],
                                      colorbar={"x": i / len(kinds) - 0.02, "len": 0.8, "thickness": 10}), 1, i)
             fig.update_xaxes(title_text="layer", row=1, col=i)
         fig.update_yaxes(autorange="reversed")

@@ -26,7 +26,7 @@ from interp.tokens import answer_token, encode, find_span, str_tokens
 KINDS = ("hidden", "mlp", "attn")
 GROUPS = ("first subject token", "middle subject tokens", "last subject token",
           "first subsequent token", "further tokens", "last token")
-_OUTPUT_HOOK = {"mlp": mlp_out, "attn": attn_out}
+OUTPUT_HOOKS = {"mlp": mlp_out, "attn": attn_out}
 
 
 def check_kinds(kinds) -> tuple[str, ...]:
@@ -134,7 +134,7 @@ def trace(model, prompt: str, subject: str, target: str | None = None, kinds=KIN
     std = resolve_noise_std(model, noise, noise_std)
     T, L = tokens.shape[1], model.cfg.n_layers
 
-    names = {resid_post(l) for l in range(L)} | {_OUTPUT_HOOK[k](l) for k in kinds if k != "hidden" for l in range(L)}
+    names = {resid_post(l) for l in range(L)} | {OUTPUT_HOOKS[k](l) for k in kinds if k != "hidden" for l in range(L)}
     clean_logits, clean = model.run_with_cache(tokens, names_filter=lambda n: n in names)
     probs = clean_logits[0, -1].softmax(-1)
     answer_id = int(probs.argmax()) if answer_id is None else answer_id
@@ -168,7 +168,7 @@ def _restore_writes(kind: str, t: int, layer: int, clean, window: int, n_layers:
         # The block output is the next block's input: writing it there skips recomputing this block.
         hook = resid_pre(layer + 1) if layer + 1 < n_layers else resid_post(layer)
         return (Write(hook, t, clean[resid_post(layer)][0, t]),)
-    name = _OUTPUT_HOOK[kind]
+    name = OUTPUT_HOOKS[kind]
     return tuple(Write(name(j), t, clean[name(j)][0, t]) for j in window_layers(layer, window, n_layers))
 
 
@@ -192,7 +192,7 @@ def _marked(tokens: list[str], span) -> list[str]:
     return [f"{i} {tok!r}{'*' if span[0] <= i < span[1] else ''}" for i, tok in enumerate(tokens)]
 
 
-_COLORS = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
+KIND_COLORS = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
 _TITLES = {"hidden": "single restored layer", "mlp": "restored MLP window", "attn": "restored attention window"}
 
 
@@ -266,7 +266,7 @@ class TraceResult(Result):
         for i, kind in enumerate(kinds, start=1):
             fig.add_trace(go.Heatmap(
                 z=self.scores[kind].tolist(), y=labels, x=list(range(self.scores[kind].shape[1])),
-                colorscale=_COLORS[kind], zmin=min(self.low, float(self.scores[kind].min())),
+                colorscale=KIND_COLORS[kind], zmin=min(self.low, float(self.scores[kind].min())),
                 colorbar={"x": i / len(kinds) - 0.02, "len": 0.8, "thickness": 10},
                 hovertemplate=f"{kind}<br>token %{{y}}<br>layer %{{x}}<br>p=%{{z:.4f}}<extra></extra>"), 1, i)
             fig.update_xaxes(title_text="layer", row=1, col=i)
