@@ -99,13 +99,14 @@ def _metric(model, clean_logits, corrupt_logits, target: str | None, foil: str |
     return metric
 
 
-def attribution(model, clean_tokens, corrupt_tokens, metric: Metric, sites) -> dict[str, torch.Tensor]:
+def attribution(model, clean, corrupt_tokens, metric: Metric, sites) -> dict[str, torch.Tensor]:
     """Attribution patching: (clean - corrupted) x gradient of the logit difference on the corrupted run,
-    per cell, normalised like the exact logit difference (divided by clean - corrupted logit difference)."""
+    per cell, normalised like the exact logit difference (divided by clean - corrupted logit difference).
+
+    `clean` is the clean run's cache of the sites' hooks; this adds the one corrupted forward + backward pass.
+    """
     L = model.cfg.n_layers
     names = [_HOOK[site](layer) for site in sites for layer in range(L)]
-    with torch.no_grad():
-        _, clean = model.run_with_cache(clean_tokens, names_filter=lambda n: n in names)
     acts, grads = {}, {}
 
     def keep(act, hook):
@@ -162,7 +163,7 @@ def patch(model, clean: str, corrupt: str, target: str | None = None, foil: str 
         shape = (L, H if site == "heads" else T)
         logit_diff[site], probability[site] = ld[at:at + n].view(shape), prob[at:at + n].view(shape)
         at += n
-    approx = attribution(model, clean_tokens, corrupt_tokens, metric, sites)
+    approx = attribution(model, clean_cache, corrupt_tokens, metric, sites)
     return PatchResult(
         model=str(getattr(model.cfg, "spec", model.cfg.model_name)), clean=clean, corrupt=corrupt,
         clean_tokens=str_tokens(model, clean_tokens), corrupt_tokens=str_tokens(model, corrupt_tokens),
