@@ -17,17 +17,9 @@ import sys
 import tempfile
 import time
 
+from timing import best_of
+
 CASES = ("hf_forward", "hooked_forward", "cache_resid", "cache_all", "load_cached", "load_cold")
-
-
-def _best(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def run_case(case: str, batch: int, seq: int, repeats: int) -> dict:
@@ -44,15 +36,15 @@ def run_case(case: str, batch: int, seq: int, repeats: int) -> dict:
     with torch.no_grad():
         if case == "hf_forward":
             model, _ = load_hf_model("smollm2-135m")
-            seconds = _best(lambda: model(tokens), repeats)
+            seconds = best_of(repeats, lambda: model(tokens), warmup=1)
         else:
             model = load_model("smollm2-135m")
             if case == "hooked_forward":
-                seconds = _best(lambda: model(tokens), repeats)
+                seconds = best_of(repeats, lambda: model(tokens), warmup=1)
             elif case == "cache_resid":
-                seconds = _best(lambda: model.run_with_cache(tokens, names_filter=lambda n: "hook_resid_" in n), repeats)
+                seconds = best_of(repeats, lambda: model.run_with_cache(tokens, names_filter=lambda n: "hook_resid_" in n), warmup=1)
             else:
-                seconds = _best(lambda: model.run_with_cache(tokens), repeats)
+                seconds = best_of(repeats, lambda: model.run_with_cache(tokens), warmup=1)
     return {"seconds": seconds, "tokens_per_s": batch * seq / seconds}
 
 

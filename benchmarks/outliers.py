@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
+from timing import best_of
 
 
 class Fixed:
@@ -29,14 +29,6 @@ class Fixed:
     def total(self):
         return len(self.batches)
 
-
-def best_of(repeats: int, fn) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
