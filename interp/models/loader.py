@@ -89,10 +89,13 @@ def _neutral_path(folder: Path) -> str:
 
 def load_hf_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32):
     """The plain Hugging Face model and tokenizer for `spec` (for comparisons and saving)."""
+    return _load_hf_folder(resolve_spec(spec), dtype)
+
+
+def _load_hf_folder(folder: Path, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    folder = resolve_spec(spec)
     hf_logging.disable_progress_bar()  # a bar per load drowns the useful progress output
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     model.eval()
@@ -111,7 +114,7 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype: torch.dtyp
     from interp.models.hooked import HookedModel
 
     folder = resolve_spec(spec)
-    hf_model, tokenizer = load_hf_model(spec, dtype)
+    hf_model, tokenizer = _load_hf_folder(folder, dtype)  # resolving again would re-hash a .gguf
     try:
         cfg = loading.get_pretrained_model_config(
             _neutral_path(folder), fold_ln=False, device=device, dtype=dtype, default_prepend_bos=False
