@@ -126,11 +126,14 @@ def test_default_model_loads_offline_and_matches_huggingface(smollm):
     assert (smollm.cfg.n_layers, smollm.cfg.d_model, smollm.cfg.n_heads) == (30, 576, 9)
 
 
+@pytest.mark.parametrize("exposed", [False, True])
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
-def test_fast_kernels_fire_the_same_hooks_with_the_same_values(fixture, request):
+def test_fast_kernels_fire_the_same_hooks_with_the_same_values(fixture, exposed, request):
     from interp.models.fast import install_fast_paths, remove_fast_paths
 
     model = request.getfixturevalue(fixture)
+    model.expose_all_hooks(exposed)
+    request.addfinalizer(lambda: model.expose_all_hooks(False))
     tokens = model.to_tokens("the same values either way")
     unpatterned = lambda n: "pattern" not in n and "scores" not in n  # noqa: E731
     fast_logits, fast = model.run_with_cache(tokens, names_filter=unpatterned)
@@ -145,3 +148,32 @@ def test_fast_kernels_fire_the_same_hooks_with_the_same_values(fixture, request)
         assert torch.allclose(fast[name], slow[name], atol=1e-5), name
     _, with_pattern = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
     assert len(with_pattern.keys()) == model.cfg.n_layers  # hooking the pattern takes the full path
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+def test_fast_kernels_see_in_place_weight_edits_and_pass_gradients(fixture, request):
+    """Packed q/k/v weights and zero-bias shortcuts are cached; an in-place edit must invalidate them."""
+    from interp.models.fast import install_fast_paths, remove_fast_paths
+
+    model = request.getfixturevalue(fixture)
+    tokens = model.to_tokens("edits are seen")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        with torch.no_grad():
+            model(tokens)  # fills the caches
+            gen = torch.Generator().manual_seed(0)
+            for name in ("W_Q", "b_Q", "b_O"):
+                p = getattr(model.blocks[0].attn, name)
+                p.add_(0.5 * torch.randn(p.shape, generator=gen))
+            model.unembed.b_U.add_(1.0)
+            fast = model(tokens)
+            remove_fast_paths(model)
+            slow = model(tokens)
+            install_fast_paths(model)
+        torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+        model.zero_grad()
+        model(tokens).sum().backward()
+        assert model.blocks[0].attn.W_Q.grad is not None and model.blocks[0].attn.W_Q.grad.abs().sum() > 0
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.load_state_dict(state)

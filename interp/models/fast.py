@@ -1,31 +1,110 @@
 """Faster kernels for TransformerLens components, with the same hooks firing.
 
-TransformerLens materialises the full attention-score and pattern tensors and copies every MLP
-weight on each call. When nobody hooks the scores or the pattern, attention can run as one fused
-`scaled_dot_product_attention`; gated MLPs can multiply by the transposed weights in place. Every
-other hook (q, k, v, rotated q/k, z, MLP pre/post, ...) fires exactly as before, and any hook on the
-scores or pattern (including `run_with_cache` of them) falls back to the original code.
+TransformerLens materialises the full attention-score and pattern tensors, rearranges (copies)
+every q/k/v weight on each call, adds all-zero biases and copies the unembedding. When nobody
+hooks the scores or the pattern, attention runs as one fused `scaled_dot_product_attention` on
+q, k and v from one packed matrix multiply; zero biases are skipped; the unembedding multiplies in
+place. Every other hook (q, k, v, rotated q/k, z, MLP pre/post, unembed in/out, ...) fires exactly
+as before, and any hook on the scores or pattern (including `run_with_cache` of them) falls back to
+the original code.
+
+Derived weights (the packed q/k/v matrix, "is this bias zero") are cached per parameter version,
+so in-place edits (ROME, MEMIT, `load_state_dict`) are seen on the next call.
 """
 
 from __future__ import annotations
 
 import types
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 
-def _needs_pattern(attn) -> bool:
-    return any(hp.fwd_hooks or hp.bwd_hooks for hp in (attn.hook_attn_scores, attn.hook_pattern))
+def _derived(module: torch.nn.Module, key: str, params: Sequence[torch.Tensor], make: Callable[[], object]):
+    """`make()`, recomputed only when one of `params` changed in place or moved."""
+    stamp = tuple((p._version, p.data_ptr(), p.device) for p in params)
+    store = module.__dict__.setdefault("_interp_derived", {})
+    hit = store.get(key)
+    if hit is None or hit[0] != stamp:
+        hit = store[key] = (stamp, make())
+    return hit[1]
+
+
+def _bias(module: torch.nn.Module, name: str) -> torch.Tensor | None:
+    """The bias `name` of `module`, or None when it is all zeros (adding it would only cost time)."""
+    b = getattr(module, name, None)
+    if b is None or (torch.is_grad_enabled() and b.requires_grad):
+        return b
+    return _derived(module, f"{name}?", [b], lambda: b if bool(b.detach().any()) else None)
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    return x @ w if b is None else torch.addmm(b, x.reshape(-1, x.shape[-1]), w).view(*x.shape[:-1], -1)
+
+
+def _kv_weights(attn) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """The stored k/v parameters and how often to repeat their heads, as TransformerLens uses them."""
+    if hasattr(attn, "_W_K"):  # grouped-query attention keeps the unexpanded k/v heads
+        repeat = attn.repeat_kv_heads if attn.cfg.ungroup_grouped_query_attention else 1
+        return attn._W_K, attn._b_K, attn._W_V, attn._b_V, repeat
+    return attn.W_K, attn.b_K, attn.W_V, attn.b_V, 1
+
+
+def _packed_qkv(attn) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int, int]]:
+    """One [d_model, (q + k + v heads) * d_head] matrix, its bias (None if zero) and the head counts.
+
+    Cached while no gradient can flow to the weights; rebuilt per call (with its graph) otherwise.
+    """
+    W_K, b_K, W_V, b_V, repeat = _kv_weights(attn)
+    params = [attn.W_Q, attn.b_Q, W_K, b_K, W_V, b_V]
+
+    def make():
+        ws, bs = [attn.W_Q], [attn.b_Q]
+        for w, b in ((W_K, b_K), (W_V, b_V)):
+            ws.append(w.repeat_interleave(repeat, dim=0))
+            bs.append(b.repeat_interleave(repeat, dim=0))
+        weight = torch.cat([w.permute(1, 0, 2).reshape(w.shape[1], -1) for w in ws], dim=1)
+        bias = torch.cat([b.reshape(-1) for b in bs])
+        heads = tuple(w.shape[0] for w in ws)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return weight, bias, heads
+        return weight.contiguous(), (bias if bool(bias.any()) else None), heads
+
+    if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+        return make()
+    return _derived(attn, "qkv", params, make)
+
+
+def _needs_slow_attention(attn, inputs, extras) -> bool:
+    hooked = any(hp.fwd_hooks or hp.bwd_hooks for hp in (attn.hook_attn_scores, attn.hook_pattern))
+    return hooked or any(e is not None for e in extras) or attn.training or any(x.dim() != 3 for x in inputs)
+
+
+def _qkv(attn, query_input, key_input, value_input):
+    """q, k and v as [batch, pos, heads, d_head]: one matrix multiply when the inputs are one tensor."""
+    weight, bias, heads = _packed_qkv(attn)
+    batch, pos, _ = query_input.shape
+    d_head = attn.cfg.d_head
+    edges = [0, heads[0] * d_head, (heads[0] + heads[1]) * d_head, sum(heads) * d_head]
+    cols = [slice(a, b) for a, b in zip(edges, edges[1:])]
+    if query_input is key_input is value_input:
+        qkv = _linear(query_input, weight, bias)
+        parts = [qkv[..., c] for c in cols]
+    else:
+        parts = [_linear(x, weight[:, c], None if bias is None else bias[c])
+                 for x, c in zip((query_input, key_input, value_input), cols)]
+    return [part.view(batch, pos, n, d_head) for part, n in zip(parts, heads)]
 
 
 def _fast_attention_forward(self, query_input, key_input, value_input, past_kv_cache_entry=None,
                             additive_attention_mask=None, attention_mask=None, position_bias=None):
-    if (_needs_pattern(self) or past_kv_cache_entry is not None or additive_attention_mask is not None
-            or attention_mask is not None or position_bias is not None or self.training):
-        return self._slow_forward(query_input, key_input, value_input, past_kv_cache_entry,
-                                  additive_attention_mask, attention_mask, position_bias)
-    q, k, v = self.calculate_qkv_matrices(query_input, key_input, value_input)
+    extras = (past_kv_cache_entry, additive_attention_mask, attention_mask, position_bias)
+    if _needs_slow_attention(self, (query_input, key_input, value_input), extras):
+        return self._slow_forward(query_input, key_input, value_input, *extras)
+    q, k, v = _qkv(self, query_input, key_input, value_input)
+    q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
     if self.cfg.positional_embedding_type == "rotary":
         q = self.hook_rot_q(self.apply_rotary(q, 0, None))
         k = self.hook_rot_k(self.apply_rotary(k, 0, None))
@@ -35,14 +114,41 @@ def _fast_attention_forward(self, query_input, key_input, value_input, past_kv_c
     ).transpose(1, 2)
     z = self.hook_z(z)  # [batch, pos, head, d_head]
     flat = z.reshape(z.shape[0], z.shape[1], -1)
-    return flat @ self.W_O.reshape(-1, self.W_O.shape[-1]) + self.b_O
+    return _linear(flat, self.W_O.reshape(-1, self.W_O.shape[-1]), _bias(self, "b_O"))
 
 
 def _fast_gated_mlp_forward(self, x):
     pre_act = self.hook_pre(x @ self.W_gate)
     pre_linear = self.hook_pre_linear(x @ self.W_in)
-    post_act = self.hook_post(self.act_fn(pre_act) * pre_linear + self.b_in)
-    return post_act @ self.W_out + self.b_out
+    act = self.act_fn(pre_act)
+    b_in = _bias(self, "b_in")
+    post_act = self.hook_post(act * pre_linear if b_in is None else torch.addcmul(b_in, act, pre_linear))
+    return _linear(post_act, self.W_out, _bias(self, "b_out"))
+
+
+def _fast_unembed_forward(self, residual):
+    residual = self.hook_in(residual)
+    return self.hook_out(_linear(residual, self.W_U, _bias(self, "b_U")))
+
+
+def _fast_block_forward(self, resid_pre, shortformer_pos_embed=None, past_kv_cache_entry=None,
+                        attention_mask=None):
+    """TransformerLens's pre-norm block, with ln1 computed once for q, k and v instead of three times."""
+    if shortformer_pos_embed is not None or not _block_is_plain(self.cfg):
+        return self._slow_forward(resid_pre, shortformer_pos_embed, past_kv_cache_entry, attention_mask)
+    resid_pre = self.hook_resid_pre(resid_pre)
+    normalized = self.ln1(resid_pre)
+    attn_out = self.hook_attn_out(self.attn(query_input=normalized, key_input=normalized, value_input=normalized,
+                                            past_kv_cache_entry=past_kv_cache_entry, attention_mask=attention_mask))
+    resid_mid = self.hook_resid_mid(resid_pre + attn_out)
+    mlp_in = self.hook_mlp_in(resid_mid.clone()) if self.cfg.use_hook_mlp_in else resid_mid
+    return self.hook_resid_post(resid_mid + self.apply_mlp(self.ln2(mlp_in)))
+
+
+def _block_is_plain(cfg) -> bool:
+    return not (cfg.use_attn_in or cfg.use_split_qkv_input or cfg.attn_only or cfg.parallel_attn_mlp
+                or cfg.use_normalization_before_and_after or cfg.n_devices > 1
+                or cfg.original_architecture in POST_NORM_ARCHITECTURES)
 
 
 def _attention_is_plain(cfg) -> bool:
@@ -59,7 +165,7 @@ def _attention_is_plain(cfg) -> bool:
 
 
 def install_fast_paths(model) -> None:
-    """Swap in the fused kernels on every block whose configuration they exactly reproduce."""
+    """Swap in the fused kernels on every component whose configuration they exactly reproduce."""
     from transformer_lens.components.mlps.gated_mlp import GatedMLP
 
     if _attention_is_plain(model.cfg):
@@ -68,13 +174,16 @@ def install_fast_paths(model) -> None:
             attn._slow_forward = attn.forward
             attn.forward = types.MethodType(_fast_attention_forward, attn)
     for block in model.blocks:
+        block._slow_forward = block.forward
+        block.forward = types.MethodType(_fast_block_forward, block)
         if type(block.mlp) is GatedMLP and not model.cfg.load_in_4bit:
             block.mlp.forward = types.MethodType(_fast_gated_mlp_forward, block.mlp)
+    if not model.cfg.load_in_4bit:
+        model.unembed.forward = types.MethodType(_fast_unembed_forward, model.unembed)
 
 
 def remove_fast_paths(model) -> None:
     """Back to TransformerLens's own code (for comparisons)."""
-    for block in model.blocks:
-        block.attn.__dict__.pop("forward", None)
-        block.attn.__dict__.pop("_slow_forward", None)
-        block.mlp.__dict__.pop("forward", None)
+    for module in [*model.blocks, *(b.attn for b in model.blocks), *(b.mlp for b in model.blocks), model.unembed]:
+        for name in ("forward", "_slow_forward", "_interp_derived"):
+            module.__dict__.pop(name, None)
