@@ -26,6 +26,7 @@ from typing import Any
 
 from dash import Dash, Input, Output, dcc, html
 
+from dashboards import result_views  # noqa: F401  (registers the dedicated result pages)
 from dashboards.attention import attention_page, register_attention_callbacks
 from dashboards.components import message, register_downloads
 from dashboards.context import Context

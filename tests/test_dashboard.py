@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import socket
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,6 +28,8 @@ from dashboards.attention import (
 from dashboards.context import Context
 from dashboards.feature_store import CONTEXTS_FILE, load_feature_set
 from dashboards.features import features_on_text
+from dashboards.result_views import edit_cases, trace_grid, trace_groups, trace_kinds, trace_peaks
+from dashboards.sample import MARKUP, write_sample_workspace
 from dashboards.synthetic import HOSTILE_TOKEN, write_synthetic_features
 from dashboards.views import VIEWS, generic_view, register_view
 from interp.errors import InterpError
@@ -33,11 +37,32 @@ from interp.lens import logit_lens
 from interp.results import Result, register_result
 
 HOSTILE_PROMPT = "Hi <script>window.__pwned=1</script> there"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def declared_kinds() -> list[str]:
+    """Every Result kind the code declares (`kind = "..."` in a class body), found by reading the source."""
+    declares = re.compile(r'^    kind = "(\w+)"', re.M)
+    return sorted({kind for package in ("interp", "circuits", "probes", "dashboards")
+                   for path in (ROOT / package).rglob("*.py") for kind in declares.findall(path.read_text())})
+
+
+KINDS = declared_kinds()
 
 
 def texts(component) -> str:
     """Every string in a Dash component tree (children and props), for assertions."""
     return json.dumps(component, default=lambda c: c.to_plotly_json() if hasattr(c, "to_plotly_json") else str(c))
+
+
+def components(tree, type_name: str) -> list:
+    """Every component of `type_name` (e.g. "Pre") in a Dash component tree."""
+    if isinstance(tree, (list, tuple)):
+        return [c for child in tree for c in components(child, type_name)]
+    if not hasattr(tree, "to_plotly_json"):
+        return []
+    found = [tree] if type(tree).__name__ == type_name else []
+    return found + components(getattr(tree, "children", None), type_name)
 
 
 @register_result
@@ -59,6 +84,7 @@ class ToyResult(Result):
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, tiny_llama):
     ws = tmp_path_factory.mktemp("ws")
+    write_sample_workspace(ws, tiny_llama)  # <kind>/sample for every kind
     logit_lens(tiny_llama, HOSTILE_PROMPT).save(ws, "lens")
     attention_patterns(tiny_llama, "The cat sat on the mat.").save(ws, "attn")
     ToyResult(prompt="toy prompt", scores=torch.tensor([1.0, 3.0, 2.0])).save(ws, "toy")
@@ -166,6 +192,59 @@ def test_every_saved_result_has_a_page(ctx):
     assert '"type": "DataTable"' in texts(render(ctx, "/result/attention/attn", ""))
     toy = texts(render(ctx, "/result/toy/toy", ""))  # no view registered: generic page
     assert "toy" not in VIEWS and '"type": "Graph"' in toy and "attention?prompt=toy+prompt" in toy
+
+
+def test_the_sample_workspace_holds_every_kind(workspace):
+    assert len(KINDS) >= 20 and "toy" not in KINDS
+    assert sorted(p.parent.name for p in workspace.glob("*/sample") if (p / "result.json").is_file()) == KINDS
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_has_a_page_with_its_figure(ctx, workspace, kind):
+    assert Result.read(workspace / kind / "sample").figure().data  # the figure builder, on the saved result
+    page = texts(render(ctx, f"/result/{kind}/sample", ""))
+    assert f"{kind}: sample" in page and '"type": "Graph"' in page and '"type": "DataTable"' in page
+    assert "message error" not in page and "message info" not in page  # no section failed or is missing
+
+
+def test_edit_page_compares_before_and_after(ctx, workspace):
+    result = Result.read(workspace / "edit" / "sample")
+    cases = edit_cases(result)
+    pre, post = (result.cases[result.cases.phase == p].reset_index(drop=True) for p in ("pre", "post"))
+    assert len(cases) == len(pre) == len(post) == 1
+    row = cases.iloc[0]
+    assert row["prompt"] == "The Eiffel Tower is located in the city of" and row["target_new"] == " Rome"
+    assert row["target_true"] == result.requests[0]["requested_rewrite"]["target_true"]["str"]
+    assert (row["efficacy before"], row["efficacy after"]) == (pre.efficacy[0], post.efficacy[0])
+    assert (row["generation before"], row["generation after"]) == (pre.generation[0], post.generation[0])
+    assert all(MARKUP in g for g in (pre.generation[0], post.generation[0]))
+
+    tree = render(ctx, "/result/edit/sample", "")
+    page = texts(tree)
+    assert "Scores before (pre) and after (post)" in page and "Per case, before and after" in page
+    shown = [p.children for p in components(tree, "Pre") if p.className == "generation"]
+    assert shown == [pre.generation[0], post.generation[0]]  # plain text children, which React escapes
+    assert "dangerously" not in page and '"type": "Markdown"' not in page
+
+
+def test_trace_page_shows_the_kinds_side_by_side_and_their_peaks(ctx, workspace):
+    result = Result.read(workspace / "trace" / "sample")
+    kinds, (T, L) = trace_kinds(result), result.scores["hidden"].shape
+    assert kinds == ["hidden", "mlp", "attn"] and trace_peaks(result).kind.tolist() == kinds
+    assert [trace.xaxis for trace in result.figure().data] == ["x", "x2", "x3"]  # three heatmaps side by side
+    peaks = trace_peaks(result).set_index("kind")
+    for kind in kinds:
+        grid = trace_grid(result, kind)
+        assert grid.shape == (T, L + 3) and grid.token.tolist() == result.tokens
+        assert grid[[f"L{l}" for l in range(L)]].to_numpy() == pytest.approx(result.scores[kind].numpy())
+        assert grid.subject.sum() == result.subject_range[1] - result.subject_range[0]
+        best = grid[[f"L{l}" for l in range(L)]].stack().idxmax()
+        assert (peaks.loc[kind, "position"], f"L{peaks.loc[kind, 'layer']}") == best
+    groups = trace_groups(result)
+    assert len(groups) == 6 * len(kinds) and groups.iloc[-1]["group"] == "last token"
+    page = texts(render(ctx, "/result/trace/sample", ""))
+    assert "Where each kind peaks" in page and "attention?prompt=The+Eiffel+Tower+is+in+Paris" in page
+    assert all(f"{kind}: restored probability per token and layer" in page for kind in kinds)
 
 
 def test_registering_a_view_replaces_the_generic_page(ctx):
