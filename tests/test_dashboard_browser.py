@@ -18,6 +18,7 @@ import pytest
 
 from dashboards.app import Server, create_app
 from dashboards.attention import attention_patterns
+from dashboards.sample import MARKUP, write_sample_workspace
 from dashboards.synthetic import HOSTILE_TOKEN, write_synthetic_features
 from interp.lens import logit_lens
 
@@ -58,17 +59,23 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, tiny_llama):
-    ws = tmp_path_factory.mktemp("ws")
-    logit_lens(tiny_llama, HOSTILE_PROMPT).save(ws, "hostile")
-    logit_lens(tiny_llama, "The Eiffel Tower is in").save(ws, "eiffel")
-    attention_patterns(tiny_llama, "The cat sat on the mat because it was warm.").save(ws, "cat")
-    write_synthetic_features(ws, "syn", n_features=2000)
-    return ws
+def workspace(tmp_path_factory):
+    return tmp_path_factory.mktemp("ws")
 
 
 @pytest.fixture(scope="module")
-def server(workspace):
+def links(workspace, tiny_llama) -> list[str]:
+    """Fill the workspace (one result of every kind, a hostile prompt, synthetic features); its result pages."""
+    sample = write_sample_workspace(workspace, tiny_llama)
+    logit_lens(tiny_llama, HOSTILE_PROMPT).save(workspace, "hostile")
+    attention_patterns(tiny_llama, "The cat sat on the mat because it was warm.").save(workspace, "cat")
+    write_synthetic_features(workspace, "syn", n_features=2000)
+    return sorted(["/result/lens/hostile", "/result/attention/cat"]
+                  + [f"/result/{kind}/{folder.name}" for kind, folder in sample.items()])
+
+
+@pytest.fixture(scope="module")
+def server(workspace, links):
     with Server(create_app(workspace, model_spec="tiny-llama"), port=0) as s:
         yield s
 
@@ -107,21 +114,26 @@ def test_page_html_uses_no_external_scripts(server):
     assert "cdn" not in html.lower()
 
 
-def test_every_page_of_the_workspace(page, server):
+def test_every_page_of_the_workspace(page, server, links):
     visit(page, server, "/", "#results")
     shot(page, "home")
-    links = page.eval_on_selector_all("#results a", "els => els.map(e => e.getAttribute('href'))")
-    assert sorted(links) == ["/result/attention/cat", "/result/lens/eiffel", "/result/lens/hostile"]
+    shown = page.eval_on_selector_all("#results a", "els => els.map(e => e.getAttribute('href'))")
+    assert sorted(shown) == links and len(links) > 20
     for href in links:
         page.click(f"#results a[href='{href}']")
         page.wait_for_selector(".page .js-plotly-plot")
         assert page.locator(".page h2").inner_text() == href.removeprefix("/result/").replace("/", ": ")
         assert page.locator(".message.error").count() == 0
-        shot(page, "result_" + href.rsplit("/", 1)[-1])
+        shot(page, "result_" + href.removeprefix("/result/").replace("/", "_"))
         page.go_back()
         page.wait_for_selector("#results")
     visit(page, server, "/result/lens/hostile", ".page .js-plotly-plot")
     assert page.get_by_text("prompt: " + HOSTILE_PROMPT).count() == 1  # shown as text
+    visit(page, server, "/result/edit/sample", "pre.generation")
+    before, after = page.locator("pre.generation").all_inner_texts()
+    assert before.startswith(MARKUP) and after.startswith(MARKUP)  # both generations, markup as text
+    assert page.locator(".section h3").all_inner_texts() == [
+        "Scores before (pre) and after (post) the edit", "Per case, before and after", "Generations"]
     visit(page, server, "/result/..%2F..%2Fetc/passwd", ".message.error")
     assert "not a plain name" in page.locator(".message.error").inner_text()
 
@@ -199,7 +211,7 @@ def test_feature_list_search_paging_and_feature_page(page, server):
     shot(page, "feature_0")
 
 
-def test_cli_serves_the_dashboard(browser, workspace, tmp_path):
+def test_cli_serves_the_dashboard(browser, workspace, links, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "interp", "dashboard", "--workspace", str(workspace),
                              "--port", "0", "--json", "--model", "tiny-llama"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -211,7 +223,7 @@ def test_cli_serves_the_dashboard(browser, workspace, tmp_path):
         pg = browser.new_page()
         pg.goto(url)
         pg.wait_for_selector("#results", timeout=TIMEOUT_MS)
-        assert pg.locator("#results a").count() == 3
+        assert pg.locator("#results a").count() == len(links)
         pg.close()
     finally:
         os.kill(proc.pid, signal.SIGINT)
