@@ -69,7 +69,8 @@ class Result:
         """Write this result's files into an existing empty `folder`."""
         from safetensors.torch import save_file
 
-        meta: dict[str, Any] = {"kind": self.kind, "json": {}, "tensors": [], "tensor_dicts": [], "frames": []}
+        meta: dict[str, Any] = {"kind": self.kind, "json": {}, "tensors": [], "tensor_dicts": [], "frames": [],
+                                "tensor_dict_keys": {}}
         tensors: dict[str, torch.Tensor] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -80,6 +81,7 @@ class Result:
                 for key, tensor in value.items():
                     tensors[f"{f.name}/{key}"] = tensor.detach().cpu().contiguous()
                 meta["tensor_dicts"].append(f.name)
+                meta["tensor_dict_keys"][f.name] = list(value)  # safetensors sorts keys; keep the order
             elif isinstance(value, pd.DataFrame):
                 value.to_parquet(folder / f"{f.name}.parquet")
                 meta["frames"].append(f.name)
@@ -112,7 +114,9 @@ class Result:
                 values[name] = tensors[name]
             for name in meta["tensor_dicts"]:
                 prefix = name + "/"
-                values[name] = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+                keys = meta.get("tensor_dict_keys", {}).get(name) or [
+                    k[len(prefix):] for k in tensors if k.startswith(prefix)]
+                values[name] = {k: tensors[prefix + k] for k in keys}
         for name in meta["frames"]:
             values[name] = pd.read_parquet(folder / f"{name}.parquet")
         return target(**values)

@@ -33,7 +33,7 @@ class _Toy(Result):
 
 
 def _toy():
-    return _Toy("a", torch.arange(6.0).reshape(2, 3), {"x": torch.ones(2), "y": torch.zeros(3)},
+    return _Toy("a", torch.arange(6.0).reshape(2, 3), {"y": torch.zeros(3), "x": torch.ones(2)},
                 pd.DataFrame({"a": [1, 2], "b": ["u", "v"]}))
 
 
@@ -44,6 +44,7 @@ def test_round_trip_without_pickle(tmp_path):
     assert isinstance(back, _Toy)
     assert torch.equal(back.scores, _toy().scores)
     assert torch.equal(back.per_kind["y"], torch.zeros(3))
+    assert list(back.per_kind) == ["y", "x"]  # the order the result had (figures draw in it), not sorted
     pd.testing.assert_frame_equal(back.table, _toy().table)
     assert json.loads(json.dumps(back.to_dict()))["scores"] == [[0, 1, 2], [3, 4, 5]]
 
