@@ -177,3 +177,18 @@ def test_fast_kernels_see_in_place_weight_edits_and_pass_gradients(fixture, requ
     finally:
         model.zero_grad(set_to_none=True)
         model.load_state_dict(state)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+def test_fast_attention_continues_from_a_key_value_cache(fixture, request):
+    """The fused path also serves cached continuation (generation, restoration runs): same logits."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    model = request.getfixturevalue(fixture)
+    tokens = model.to_tokens("hello there general kenobi")
+    with torch.no_grad():
+        full = model(tokens)
+        cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
+        model(tokens[:, :5], past_kv_cache=cache)
+        rest = model(tokens[:, 5:], past_kv_cache=cache)
+    torch.testing.assert_close(rest, full[:, 5:], atol=1e-5, rtol=1e-5)

@@ -100,16 +100,25 @@ def _qkv(attn, query_input, key_input, value_input):
 
 def _fast_attention_forward(self, query_input, key_input, value_input, past_kv_cache_entry=None,
                             additive_attention_mask=None, attention_mask=None, position_bias=None):
-    extras = (past_kv_cache_entry, additive_attention_mask, attention_mask, position_bias)
-    if _needs_slow_attention(self, (query_input, key_input, value_input), extras):
-        return self._slow_forward(query_input, key_input, value_input, *extras)
+    if _needs_slow_attention(self, (query_input, key_input, value_input),
+                             (additive_attention_mask, attention_mask, position_bias)):
+        return self._slow_forward(query_input, key_input, value_input, past_kv_cache_entry,
+                                  additive_attention_mask, attention_mask, position_bias)
     q, k, v = _qkv(self, query_input, key_input, value_input)
     q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+    offset = 0
+    if past_kv_cache_entry is not None:  # keys are cached before the rotary embedding, as in TransformerLens
+        offset = past_kv_cache_entry.past_keys.size(1)
+        k, v = past_kv_cache_entry.append(k, v)
     if self.cfg.positional_embedding_type == "rotary":
-        q = self.hook_rot_q(self.apply_rotary(q, 0, None))
+        q = self.hook_rot_q(self.apply_rotary(q, offset, None))
         k = self.hook_rot_k(self.apply_rotary(k, 0, None))
+    mask = None
+    if offset:  # query i sits at position offset + i and sees keys up to there
+        mask = (torch.arange(k.shape[1], device=q.device)[None, :]
+                <= torch.arange(offset, offset + q.shape[1], device=q.device)[:, None])
     z = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, is_causal=mask is None,
         scale=1.0 / self.attn_scale, enable_gqa=q.shape[2] != k.shape[2],
     ).transpose(1, 2)
     z = self.hook_z(z)  # [batch, pos, head, d_head]
