@@ -177,17 +177,21 @@ def test_cli_trace_with_knockout_saves_both(tmp_path, capsys):
 
 
 @pytest.mark.real
-@pytest.mark.xfail(reason="open in issue 3: with 3 noise samples the default-model trace failed an assertion here "
-                          "in the last CI rehearsal; with 10 samples (make main) the MLP peak is on 'iffel'",
-                   strict=False)
 def test_eiffel_tower_mlp_effect_peaks_on_the_subject(smollm):
+    """The paper's setting (10 noise samples): the MLP effect peaks on a subject token and every cell lies
+    between the corrupted and the clean score, up to the overshoot restoration is known for.
+
+    Measured on SmolLM2-135M: high 0.702, low 0.0163; MLP peak 'iffel' layer 2 (0.377); cells range
+    0.0002 (MLP window at the last token, layers 24-29) to 0.763 (hidden state of ' Tower', layer 3).
+    With 3 samples the peak moves and more cells leave the band, so the test uses the paper's 10.
+    """
     result = trace(smollm, "The Eiffel Tower is located in the city of", "Eiffel Tower", kinds=("mlp", "hidden"),
-                   samples=3)
+                   samples=10, progress=False)
     assert result.answer == " Paris" and result.high > 0.5 and result.low < 0.1
-    assert result.peak("mlp")["in_subject"]
+    peak = result.peak("mlp")
+    assert peak["in_subject"] and peak["indirect_effect"] > 0.2
     for kind in ("mlp", "hidden"):
-        # restoring can never beat the clean run by much; a single restored state can push the answer
-        # below the corrupted average (seen at late positions with 3 samples), so the lower bracket
-        # holds for the typical cell, not every cell
-        assert float(result.scores[kind].max()) <= result.high + 0.02
-        assert float(result.scores[kind].median()) >= result.low - 0.02
+        scores = result.scores[kind]
+        assert float(scores.max()) <= result.high + 0.1, kind
+        assert float(scores.min()) >= result.low - 0.02, kind
+        assert float(scores.median()) < result.high / 2, kind  # most single restorations do not recover it
