@@ -122,6 +122,18 @@ def test_memit_spread_writes_targets_into_one_layer(tiny):
             w_out(tiny, 1).copy_(before)
 
 
+def test_lambda_keeps_the_reference_ratio_to_the_mlp_width_unless_given(tiny):
+    from circuits.editing.memit import REFERENCE_D_MLP, update_weight
+
+    assert update_weight(tiny, None, 15_000.0) == pytest.approx(15_000.0 * tiny.cfg.d_mlp / REFERENCE_D_MLP)
+    assert update_weight(tiny, 20_000.0, 15_000.0) == 20_000.0
+    handle = memit(tiny, [make_request(**EIFFEL)], [1, 2], settings=MEMIT_FAST, progress=False)
+    try:
+        assert handle.info["mom2_update_weight"] == pytest.approx(15_000.0 * tiny.cfg.d_mlp / REFERENCE_D_MLP)
+    finally:
+        handle.undo()
+
+
 def test_statistics_match_direct_computation_cache_and_resume(tiny, tmp_path, monkeypatch):
     from interp.corpus import load_corpus
     from interp.streaming import stream_activations

@@ -6,6 +6,12 @@ the earlier layers already updated, R = (z - h) / (L - i) where h is the current
 last layer, K holds the requests' keys at layer i (mean of the plain prompt and the mean over
 prefixed ones), and dW = R solve(lambda C + K K^T, K)^T in float64.
 PMET reuses `spread_update` with its own target site, divisor and lambda.
+
+Lambda is tuned in the reference for GPT-J, whose MLP has 16,384 hidden units. A key's weight against
+lambda C grows with the MLP width (k^T C^-1 k is about d_mlp for a typical key), so the same lambda
+holds a narrow MLP back far more: on SmolLM2-135M (d_mlp 1,536) lambda 15,000 gave 30% efficacy on
+10 held-out edits and the width-scaled 1,406 gave 100%. By default we keep the reference's ratio
+lambda / d_mlp; an explicit `mom2_update_weight` is used as given.
 """
 
 from __future__ import annotations
@@ -29,13 +35,23 @@ from circuits.editing.stats import DEFAULT_TOKENS, second_moments
 
 @dataclasses.dataclass(frozen=True)
 class MEMITSettings:
-    """Reference hyperparameters (GPT-J): 25 steps at lr 0.5, KL 0.0625, clamp 0.75, lambda 15,000."""
+    """Reference hyperparameters (GPT-J): 25 steps at lr 0.5, KL 0.0625, clamp 0.75, lambda 15,000
+    (scaled to the model's MLP width unless `mom2_update_weight` is given)."""
 
     values: ValueSettings = ValueSettings(lr=0.5, steps=25, kl_factor=0.0625, weight_decay=0.5, clamp=0.75)
-    mom2_update_weight: float = 15_000.0
+    mom2_update_weight: float | None = None
+    reference_mom2_update_weight: float = 15_000.0
     context_lengths: tuple[tuple[int, int], ...] = ((10, 5),)
     stats_tokens: int = DEFAULT_TOKENS
     corpus: str | None = None
+
+
+REFERENCE_D_MLP = 16_384  # GPT-J's MLP width, for which the reference lambdas were tuned
+
+
+def update_weight(model, given: float | None, reference: float) -> float:
+    """Lambda: `given` if set, else the reference's value at the same lambda / d_mlp ratio."""
+    return float(given) if given is not None else reference * model.cfg.d_mlp / REFERENCE_D_MLP
 
 
 def spread_update(
@@ -61,18 +77,23 @@ def spread_update(
 
 def batch_edit(
     model, method: str, requests: list, layers: list[int] | str | int | None, z_sites: Callable[[int], list[str]],
-    target_site: int, target_hook: Callable[[int], str], lam: float, divisor: Callable[[int], float],
+    target_site: int, target_hook: Callable[[int], str], lam: tuple[float | None, float],
+    divisor: Callable[[int], float],
     values: ValueSettings, context_lengths, stats_tokens: int, corpus: str | None, progress: bool,
 ) -> EditHandle:
-    """The MEMIT/PMET pipeline: check, statistics, z optimisation at the last layer, spread update."""
+    """The MEMIT/PMET pipeline: check, statistics, z optimisation at the last layer, spread update.
+
+    `lam` is (the given lambda or None, the reference's lambda), resolved by `update_weight`.
+    """
     reqs = [as_request(r) for r in (requests if isinstance(requests, list) else [requests])]
     layers = resolve_layers(model, layers, method)
     check_requests(model, reqs)
+    lam = update_weight(model, *lam)
     covs = second_moments(model, layers, corpus, stats_tokens, progress)
     groups = context_templates(model, context_lengths)
     flat = [t for g in groups for t in g]
     last = layers[-1]
-    info: dict[str, Any] = {"templates": flat}
+    info: dict[str, Any] = {"templates": flat, "mom2_update_weight": lam}
 
     def compute() -> None:
         opt = optimize_values(model, reqs, z_sites(last), flat, values, progress=progress)
@@ -88,7 +109,7 @@ def memit(model, requests: list | EditRequest | dict, layers: list[int] | str | 
     """Apply MEMIT for all requests at once; return the undo handle. Bad input changes nothing."""
     return batch_edit(
         model, "memit", requests, layers, lambda l: [resid_post(l)], 0, resid_post,
-        settings.mom2_update_weight, float, settings.values, settings.context_lengths,
+        (settings.mom2_update_weight, settings.reference_mom2_update_weight), float, settings.values, settings.context_lengths,
         settings.stats_tokens, settings.corpus, progress)
 
 
