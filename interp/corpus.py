@@ -2,7 +2,9 @@
 
 The built-in corpus is text that ships with Python itself: the pydoc topic pages, the docstrings of
 the standard library (about 560k tokens of prose) and the standard library's source files (several
-million tokens of code), shuffled together. `--corpus`
+million tokens of code), cut into passages of at most a few thousand characters and shuffled
+together, so that any stretch of it (a training run's last 200k tokens, an evaluation read from the
+end) mixes prose and code instead of running through one long source file. `--corpus`
 takes a text file, a folder of them, JSONL, Parquet, or a local Hugging Face dataset folder.
 """
 
@@ -23,6 +25,8 @@ from interp.cache import cache_dir
 from interp.errors import InterpError
 
 BUILTIN = "python-docs"
+BUILTIN_VERSION = 2  # 2: passages instead of whole files; part of cache keys, so old statistics are not reused
+PASSAGE_CHARS = 4000
 TEXT_SUFFIXES = {".txt", ".md", ".rst"}
 
 
@@ -48,6 +52,20 @@ def _module_docstrings(path: Path) -> str:
     return "\n\n".join(d for d in docs if d and len(d) > 40)
 
 
+def passages(text: str, max_chars: int = PASSAGE_CHARS) -> list[str]:
+    """`text` cut at line ends into pieces of at most `max_chars` (a longer single line stays whole)."""
+    pieces, current, size = [], [], 0
+    for line in text.splitlines(keepends=True):
+        if current and size + len(line) > max_chars:
+            pieces.append("".join(current))
+            current, size = [], 0
+        current.append(line)
+        size += len(line)
+    if current:
+        pieces.append("".join(current))
+    return pieces
+
+
 def _build_python_docs(target: Path) -> None:
     import pydoc_data.topics
 
@@ -58,8 +76,8 @@ def _build_python_docs(target: Path) -> None:
         if skip.isdisjoint(path.relative_to(stdlib).parts):
             docs.append(_module_docstrings(path))
             docs.append(path.read_text(encoding="utf-8", errors="replace"))
-    docs = [d for d in docs if d.strip()]
-    random.Random(0).shuffle(docs)  # mix topics and modules so any prefix is varied
+    docs = [p for d in docs for p in passages(d) if p.strip()]
+    random.Random(0).shuffle(docs)  # mix topics, docstrings and code so any stretch is varied
     tmp = target.with_suffix(".tmp")
     with open(tmp, "w") as f:
         for doc in docs:
@@ -70,11 +88,11 @@ def _build_python_docs(target: Path) -> None:
 def builtin_corpus() -> Corpus:
     """Python's own documentation text, built once and cached as JSONL."""
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    path = cache_dir("corpus") / f"{BUILTIN}-{version}.jsonl"
+    name = f"{BUILTIN}-v{BUILTIN_VERSION}"
+    path = cache_dir("corpus") / f"{name}-{version}.jsonl"
     if not path.is_file():
         _build_python_docs(path)
-    corpus = _jsonl(path)
-    return Corpus(BUILTIN, corpus.documents)
+    return Corpus(name, _jsonl(path).documents)
 
 
 def _text_field(record: dict, source: Path) -> str:

@@ -18,9 +18,23 @@ def test_builtin_corpus_is_large_and_offline(tiny_llama):
     docs = list(corpus)
     assert len(docs) > 500
     assert sum(map(len, docs)) > 5_000_000  # several million characters: >> 500k tokens
+    # passages, not whole files: any 200k-character stretch mixes many sources (code and prose)
+    assert max(map(len, docs)) < 20_000 and sum(len(d) > 4000 for d in docs) < len(docs) / 100
+    stretch = docs[-60:]
+    assert any("def " in d for d in stretch) and sum("def " not in d for d in stretch) > 5
+
     batches = list(token_batches(tiny_llama, corpus, batch_size=4, seq_len=64, max_tokens=1000))
     assert sum(b.shape[0] for b in batches) == 1000 // 64
     assert all(b.shape[1] == 64 for b in batches)
+
+
+def test_passages_cut_at_line_ends():
+    from interp.corpus import passages
+
+    text = "".join(f"line {i}\n" for i in range(1000))
+    pieces = passages(text, max_chars=100)
+    assert "".join(pieces) == text and all(len(p) <= 100 for p in pieces) and all(p.endswith("\n") for p in pieces)
+    assert passages("x" * 500, max_chars=100) == ["x" * 500]  # one long line stays whole
 
 
 @pytest.mark.parametrize("kind", ["txt", "folder", "jsonl", "parquet", "hf"])

@@ -159,7 +159,7 @@ def test_statistics_match_direct_computation_cache_and_resume(tiny, tmp_path, mo
     monkeypatch.setattr(stats, "stream_activations", interrupted)
     with pytest.raises(KeyboardInterrupt):
         second_moments(tiny, 2, n_tokens=n, progress=False)
-    path = stats.stats_path(tiny, 2, "python-docs", n)
+    path = stats.stats_path(tiny, 2, load_corpus().name, n)
     assert path.with_suffix(".partial").is_file() and not path.is_file()
     monkeypatch.setattr(stats, "stream_activations", real)
     got = second_moments(tiny, 2, n_tokens=n, progress=False)[2]
