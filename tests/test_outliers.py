@@ -268,7 +268,11 @@ def test_default_model_zero_breaks_it_and_mean_does_not(smollm_outliers):
 
 
 @pytest.mark.real
-def test_default_model_secondary_sinks_live_in_middle_layers(smollm_outliers):
+def test_default_model_secondary_sinks_start_early(smollm_outliers):
+    """They start in the first few layers, long before the first token's massive activation (layer 12).
+
+    Median start layer measured: 3 on whole-file corpus text, 1 on the passage corpus (events at 1 and 3).
+    """
     events = smollm_outliers.secondary.to_frame()
-    assert len(events) > 0 and 2 <= events["start_layer"].median() <= 4
+    assert len(events) > 0 and 1 <= events["start_layer"].median() <= 4
     assert (events["attention"] < events["first_attention"]).mean() > 0.5  # weaker than the primary sink

@@ -61,8 +61,11 @@ def test_saved_sae_loads_in_sae_lens_and_reconstructs_raw_activations(tiny_llama
     cfg = json.loads((trained_sae / "cfg.json").read_text())
     assert cfg["architecture"] == "topk" and cfg["metadata"]["hook_name"] == RESID
     sae = SAE.load_from_disk(trained_sae)  # sae-lens's own loader, no interp code involved
-    _, cache = tiny_llama.run_with_cache(encode(tiny_llama, TEXT), names_filter=RESID)
-    x = cache[RESID][0, 1:]
+    from interp.corpus import load_corpus, token_batches
+
+    tokens = next(iter(token_batches(tiny_llama, load_corpus(), batch_size=4, seq_len=64)))  # its training text
+    _, cache = tiny_llama.run_with_cache(tokens, names_filter=RESID)
+    x = cache[RESID][:, 1:].reshape(-1, cache[RESID].shape[-1])
     recon = sae(x)  # normalization is folded in: raw activations in, raw reconstruction out
     ev = 1 - (recon - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
     assert ev > 0.5
