@@ -376,3 +376,22 @@ def test_cli_dashboard_needs_a_workspace(capsys):
     assert "--workspace" in capsys.readouterr().err
     assert main(["dashboard", "--workspace", "ws", "--port", "70000"]) == 2
     assert "out of range" in capsys.readouterr().err
+
+
+def test_cli_dashboard_stops_on_ctrl_c_even_when_its_parent_ignores_it(tmp_path):
+    """A background job inherits SIGINT ignored; the server must still stop on Ctrl-C (exit 130)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "interp", "dashboard", "--workspace", str(tmp_path), "--port", "0",
+                             "--json", "--model", "tiny-llama"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        assert json.loads(proc.stdout.readline())["url"].startswith("http://127.0.0.1:")
+        os.kill(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+    finally:
+        proc.kill()
+        proc.communicate()

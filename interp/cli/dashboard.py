@@ -1,6 +1,7 @@
 """`interp dashboard --workspace DIR`: serve the local web dashboard (loopback by default)."""
 
 import json
+import signal
 import sys
 
 
@@ -26,5 +27,8 @@ def run(args):
         print(f"interp dashboard on {server.url} (Ctrl-C to stop)", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}; anyone who can reach it can read the workspace", file=sys.stderr)
+    # Ctrl-C stops it even when started from a parent that ignores SIGINT (background jobs, some test
+    # runners): an inherited SIG_IGN would leave the server running with no way to interrupt it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     server.serve_forever()  # returns only on Ctrl-C: werkzeug swallows the KeyboardInterrupt
     raise KeyboardInterrupt  # so the CLI reports it (exit 130) instead of printing an empty result
