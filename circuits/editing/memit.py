@@ -77,18 +77,13 @@ def spread_update(
 
 def batch_edit(
     model, method: str, requests: list, layers: list[int] | str | int | None, z_sites: Callable[[int], list[str]],
-    target_site: int, target_hook: Callable[[int], str], lam: tuple[float | None, float],
-    divisor: Callable[[int], float],
+    target_site: int, target_hook: Callable[[int], str], lam: float, divisor: Callable[[int], float],
     values: ValueSettings, context_lengths, stats_tokens: int, corpus: str | None, progress: bool,
 ) -> EditHandle:
-    """The MEMIT/PMET pipeline: check, statistics, z optimisation at the last layer, spread update.
-
-    `lam` is (the given lambda or None, the reference's lambda), resolved by `update_weight`.
-    """
+    """The MEMIT/PMET pipeline: check, statistics, z optimisation at the last layer, spread update."""
     reqs = [as_request(r) for r in (requests if isinstance(requests, list) else [requests])]
     layers = resolve_layers(model, layers, method)
     check_requests(model, reqs)
-    lam = update_weight(model, *lam)
     covs = second_moments(model, layers, corpus, stats_tokens, progress)
     groups = context_templates(model, context_lengths)
     flat = [t for g in groups for t in g]
@@ -109,7 +104,8 @@ def memit(model, requests: list | EditRequest | dict, layers: list[int] | str | 
     """Apply MEMIT for all requests at once; return the undo handle. Bad input changes nothing."""
     return batch_edit(
         model, "memit", requests, layers, lambda l: [resid_post(l)], 0, resid_post,
-        (settings.mom2_update_weight, settings.reference_mom2_update_weight), float, settings.values, settings.context_lengths,
+        update_weight(model, settings.mom2_update_weight, settings.reference_mom2_update_weight), float,
+        settings.values, settings.context_lengths,
         settings.stats_tokens, settings.corpus, progress)
 
 

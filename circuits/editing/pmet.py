@@ -15,7 +15,7 @@ import math
 from interp.hooks import attn_out, mlp_out
 
 from circuits.editing.handle import EditHandle
-from circuits.editing.memit import batch_edit
+from circuits.editing.memit import batch_edit, update_weight
 from circuits.editing.optimize import ValueSettings
 from circuits.editing.requests import EditRequest
 from circuits.editing.stats import DEFAULT_TOKENS
@@ -39,5 +39,6 @@ def pmet(model, requests: list | EditRequest | dict, layers: list[int] | str | i
     """Apply PMET for all requests at once; return the undo handle. Bad input changes nothing."""
     return batch_edit(
         model, "pmet", requests, layers, lambda l: [attn_out(l), mlp_out(l)], 1, mlp_out,
-        (settings.mom2_update_weight, settings.reference_mom2_update_weight), math.sqrt, settings.values, settings.context_lengths,
+        update_weight(model, settings.mom2_update_weight, settings.reference_mom2_update_weight), math.sqrt,
+        settings.values, settings.context_lengths,
         settings.stats_tokens, settings.corpus, progress)
