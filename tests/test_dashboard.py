@@ -28,7 +28,7 @@ from dashboards.attention import (
 from dashboards.context import Context
 from dashboards.feature_store import CONTEXTS_FILE, load_feature_set
 from dashboards.features import features_on_text
-from dashboards.result_views import edit_cases, trace_grid, trace_groups, trace_kinds, trace_peaks
+from dashboards.result_views import edit_cases, trace_grid, trace_groups, trace_peaks
 from dashboards.sample import MARKUP, write_sample_workspace
 from dashboards.synthetic import HOSTILE_TOKEN, write_synthetic_features
 from dashboards.views import VIEWS, generic_view, register_view
@@ -229,7 +229,7 @@ def test_edit_page_compares_before_and_after(ctx, workspace):
 
 def test_trace_page_shows_the_kinds_side_by_side_and_their_peaks(ctx, workspace):
     result = Result.read(workspace / "trace" / "sample")
-    kinds, (T, L) = trace_kinds(result), result.scores["hidden"].shape
+    kinds, (T, L) = list(result.scores), result.scores["hidden"].shape  # saved in the paper's order
     assert kinds == ["hidden", "mlp", "attn"] and trace_peaks(result).kind.tolist() == kinds
     assert [trace.xaxis for trace in result.figure().data] == ["x", "x2", "x3"]  # three heatmaps side by side
     peaks = trace_peaks(result).set_index("kind")
