@@ -20,6 +20,9 @@ def run(args):
         raise InterpError("pass --workspace DIR, the folder your analyses saved into")
     if not 0 <= args.port < 65536:
         raise InterpError(f"port {args.port} is out of range; pass 0..65535")
+    # Ctrl-C stops it even when started from a parent that ignores SIGINT (background jobs, some test
+    # runners); installed before the URL is printed, since whoever reads it may press Ctrl-C at once.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     server = Server(create_app(args.workspace, model_spec=args.model, device=args.device), args.host, args.port)
     if args.json:
         print(json.dumps({"url": server.url, "workspace": args.workspace}), flush=True)
@@ -27,8 +30,5 @@ def run(args):
         print(f"interp dashboard on {server.url} (Ctrl-C to stop)", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}; anyone who can reach it can read the workspace", file=sys.stderr)
-    # Ctrl-C stops it even when started from a parent that ignores SIGINT (background jobs, some test
-    # runners): an inherited SIG_IGN would leave the server running with no way to interrupt it.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     server.serve_forever()  # returns only on Ctrl-C: werkzeug swallows the KeyboardInterrupt
     raise KeyboardInterrupt  # so the CLI reports it (exit 130) instead of printing an empty result
