@@ -31,6 +31,20 @@ def test_fast_trace_equals_the_reference_loop(fixture, window, request):
         torch.testing.assert_close(fast.scores[kind], ref[kind], atol=1e-7, rtol=1e-5)
 
 
+def test_chunking_does_not_change_the_scores(tiny_llama, monkeypatch):
+    import functools
+
+    import circuits.restore
+    import circuits.tracing
+
+    whole = trace(tiny_llama, PROMPT, SUBJECT, samples=2, noise_std=1.0, window=3)
+    one_patch_per_chunk = functools.partial(circuits.restore.run_patches, max_tokens=1)
+    monkeypatch.setattr(circuits.tracing, "run_patches", one_patch_per_chunk)
+    chunked = trace(tiny_llama, PROMPT, SUBJECT, samples=2, noise_std=1.0, window=3)
+    for kind in whole.scores:
+        torch.testing.assert_close(chunked.scores[kind], whole.scores[kind], atol=1e-6, rtol=1e-5)
+
+
 def test_window_layers_match_the_reference_code():
     assert list(window_layers(0, 10, 30)) == list(range(0, 5))
     assert list(window_layers(12, 10, 30)) == list(range(7, 17))
