@@ -44,6 +44,20 @@ def timed_reference(model, prompt, subject, cells, **kw):
     return scores, high, low, time.perf_counter() - began
 
 
+def block_work(T: int, L: int, subject_start: int, samples: int, window: int, n_kinds: int = 3) -> tuple[int, int]:
+    """(ours, reference): (row, position, layer) block passes of the two tracers, their floating-point work.
+
+    The reference runs every cell as a full pass of 1 + samples rows; ours runs `samples` rows of
+    positions >= t from the cell's first restored layer, and skips positions before the subject.
+    """
+    from circuits.tracing import window_layers
+
+    firsts = [min(l + 1, L - 1) for l in range(L)] + [window_layers(l, window, L).start for l in range(L)] * 2
+    ours = samples * sum(T - t for t in range(subject_start, T)) * sum(L - f for f in firsts[:n_kinds * L])
+    reference = n_kinds * (2 + T * L) * (1 + samples) * T * L
+    return ours, reference
+
+
 def bench(model, prompt: str, subject: str, n_cells: int | None, **kw) -> dict:
     from circuits.tracing import trace
 
@@ -67,10 +81,11 @@ def bench(model, prompt: str, subject: str, n_cells: int | None, **kw) -> dict:
     else:
         passes = sum(2 + n_kinds * len(c) for c in (cells[::2], cells[1::2]))
         ref_s, compared = sum(p[3] for p in parts) / passes * full_passes, len(cells) * n_kinds
+    ours_work, ref_work = block_work(T, L, fast.subject_range[0], kw["samples"], kw["window"])
     return {"prompt": prompt, "tokens": T, "subject_range": fast.subject_range, "answer": fast.answer,
             "high": fast.high, "low": fast.low, "max_abs_diff": max(diffs), "cells_compared": compared,
             "reference_passes": full_passes, "reference_extrapolated": cells is not None,
-            "fast_s": fast_s, "reference_s": ref_s, "speedup": ref_s / fast_s}
+            "fast_s": fast_s, "reference_s": ref_s, "speedup": ref_s / fast_s, "work_ratio": ref_work / ours_work}
 
 
 def main() -> None:
@@ -93,11 +108,12 @@ def main() -> None:
     prompts = [(args.prompt, args.subject)] if args.prompt else PROMPTS
     kw = dict(samples=args.samples, window=args.window, noise_std=std)
     rows = [bench(model, prompt, subject, args.reference_cells, **kw) for prompt, subject in prompts]
-    print(f"{'prompt':45} {'T':>3} {'subject':>8} {'max|diff|':>10} {'ours s':>8} {'ref s':>8} {'ratio':>6}")
+    print(f"{'prompt':45} {'T':>3} {'subject':>8} {'max|diff|':>10} {'ours s':>8} {'ref s':>8} {'ratio':>6} {'work':>5}")
     for r in rows:
         est = "~" if r["reference_extrapolated"] else ""
         print(f"{r['prompt'][:45]:45} {r['tokens']:>3} {str(r['subject_range']):>8} {r['max_abs_diff']:>10.2e} "
-              f"{r['fast_s']:>8.1f} {est + format(r['reference_s'], '.1f'):>8} {r['speedup']:>6.1f}")
+              f"{r['fast_s']:>8.1f} {est + format(r['reference_s'], '.1f'):>8} {r['speedup']:>6.1f} {r['work_ratio']:>5.1f}")
+    print("ratio: reference seconds / ours; work: the reference's block passes (row x position x layer) / ours")
     print(json.dumps({"model": args.model, "samples": args.samples, "window": args.window,
                       "threads": args.threads, "noise_std": std, "results": rows}))
 
