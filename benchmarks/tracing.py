@@ -44,8 +44,9 @@ def timed_reference(model, prompt, subject, cells, **kw):
     return scores, high, low, time.perf_counter() - began
 
 
-def block_work(T: int, L: int, subject_start: int, samples: int, window: int, n_kinds: int = 3) -> tuple[int, int]:
-    """(ours, reference): (row, position, layer) block passes of the two tracers, their floating-point work.
+def block_work(T: int, L: int, subject_start: int, samples: int, window: int) -> tuple[int, int]:
+    """(ours, reference): (row, position, layer) block passes of the two tracers over all three kinds,
+    their floating-point work.
 
     The reference runs every cell as a full pass of 1 + samples rows; ours runs `samples` rows of
     positions >= t from the cell's first restored layer, and skips positions before the subject.
@@ -53,8 +54,8 @@ def block_work(T: int, L: int, subject_start: int, samples: int, window: int, n_
     from circuits.tracing import window_layers
 
     firsts = [min(l + 1, L - 1) for l in range(L)] + [window_layers(l, window, L).start for l in range(L)] * 2
-    ours = samples * sum(T - t for t in range(subject_start, T)) * sum(L - f for f in firsts[:n_kinds * L])
-    reference = n_kinds * (2 + T * L) * (1 + samples) * T * L
+    ours = samples * sum(T - t for t in range(subject_start, T)) * sum(L - f for f in firsts)
+    reference = 3 * (2 + T * L) * (1 + samples) * T * L
     return ours, reference
 
 

@@ -89,7 +89,7 @@ def edit_view(result, entry: Entry, ctx: Context) -> list[Any]:
 # -- trace ---------------------------------------------------------------------------------------
 def trace_peaks(result) -> pd.DataFrame:
     """One row per kind: the cell where restoring helps most."""
-    return pd.DataFrame([{"kind": kind, **result.peak(kind)} for kind in list(result.scores)])
+    return pd.DataFrame([{"kind": kind, **result.peak(kind)} for kind in result.scores])
 
 
 def trace_groups(result) -> pd.DataFrame:
@@ -97,7 +97,7 @@ def trace_groups(result) -> pd.DataFrame:
     from circuits.tracing import GROUPS
 
     rows = []
-    for kind in list(result.scores):
+    for kind in result.scores:
         for group, values in zip(GROUPS, result.group_effects(kind).tolist()):
             rows.append({"kind": kind, "group": group, **{f"L{layer}": v for layer, v in enumerate(values)}})
     return pd.DataFrame(rows)
@@ -119,7 +119,7 @@ def trace_view(result, entry: Entry, ctx: Context) -> list[Any]:
     """Causal trace: the kinds side by side, where each peaks, per-group effects and per-kind tables."""
     key = entry_key(entry)
     grids = [table_section(lambda kind=kind: trace_grid(result, kind), f"{key}-{kind}",
-                           f"{kind}: restored probability per token and layer") for kind in list(result.scores)]
+                           f"{kind}: restored probability per token and layer") for kind in result.scores]
     return [attention_link(result), figure_section(result, key), *summary_section(result),
             table_section(lambda: trace_peaks(result), key + "-peaks", "Where each kind peaks"),
             table_section(lambda: trace_groups(result), key + "-groups", "Mean indirect effect per token group"),
