@@ -215,6 +215,41 @@ def test_evaluate_reports_the_sae_lens_metrics(tiny_llama, trained_sae):
     assert set(result.to_frame()["metric"]) >= {"ce_loss_score", "kl_score", "dead_fraction", "dense_fraction"}
 
 
+def test_massive_activation_tokens_are_left_out_of_training_and_evaluation(tiny_llama, tmp_path):
+    from interp.sae.evaluate import evaluate
+
+    def massive(act, hook):  # a massive activation at position 10 of every sequence, as real models have
+        if act.shape[1] > 10:
+            act[:, 10, 3] += 1000 * act.norm(dim=-1).median()
+        return act
+
+    with tiny_llama.hooks(fwd_hooks=[(RESID, massive)]):
+        trained = train(tiny_llama, tiny_cfg(), tmp_path / "kept")
+        plain = train(tiny_llama, tiny_cfg(outlier_ratio=0), tmp_path / "all")
+        sae = load_sae(tmp_path / "kept")
+        spiked = evaluate(tiny_llama, sae, tokens=1024, path=str(tmp_path / "kept"), progress=False)
+        unfiltered = evaluate(tiny_llama, load_sae(tmp_path / "all"), tokens=1024, progress=False)
+    clean = evaluate(tiny_llama, sae, tokens=1024, path=str(tmp_path / "kept"), progress=False)
+    assert trained.outliers_left_out >= 4096 // 63 and plain.outliers_left_out == 0
+    assert sae.cfg.metadata.max_norm == pytest.approx(json.loads((tmp_path / "kept" / "training.json").read_text())["norm_limits"][0])
+    assert spiked.outliers_left_out == 1024 // 64 and clean.outliers_left_out == 0 and unfiltered.outliers_left_out == 0
+    assert spiked.tokens == clean.tokens - 1024 // 64
+    assert spiked.explained_variance == pytest.approx(clean.explained_variance, abs=0.03)  # the spike is not scored
+    assert spiked.ce_loss_score > 0.5
+
+
+def test_norm_limits_apply_to_each_part_of_a_transcoder_row():
+    from interp.sae.activations import norm_medians, within_limits
+
+    rows = torch.ones(5, 6)
+    rows[1, :4] *= 100  # input part
+    rows[3, 4:] *= 100  # target part
+    assert torch.allclose(norm_medians(rows, 4), torch.tensor([2.0, 2**0.5], dtype=torch.float64))
+    assert within_limits(rows, 4, [20.0, 14.0]).tolist() == [True, False, True, False, True]
+    assert within_limits(rows, 4, [20.0]).tolist() == [True, False, True, True, True]
+    assert within_limits(rows, 4, None).all()
+
+
 def test_feature_tables_follow_the_dashboard_schema(tiny_llama, trained_sae, tmp_path):
     from interp.sae.features import feature_statistics
 

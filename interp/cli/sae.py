@@ -32,6 +32,8 @@ def register(sub, common) -> None:
     t.add_argument("--buffer-tokens", type=int, default=None, help="mixing buffer per process (default 32768)")
     t.add_argument("--checkpoint-every", type=int, default=None, help="tokens between checkpoints (0: none)")
     t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--outlier-ratio", type=float, default=None,
+                   help="leave out tokens whose norm exceeds this x the median (massive activations; default 10, 0 keeps all)")
     t.set_defaults(run=run_train)
 
     e = actions.add_parser("eval", parents=[common], help="L0, explained variance, CE loss score, dead latents")
@@ -71,7 +73,8 @@ def run_train(args):
                       device=args.device, progress=d.main)
     overrides = {"lr": args.lr, "batch_tokens": args.batch_tokens, "sparsity_coefficient": args.sparsity_coefficient,
                  "seq_len": args.seq_len, "lm_batch_size": args.lm_batch_size,
-                 "buffer_tokens": args.buffer_tokens, "checkpoint_every": args.checkpoint_every, "seed": args.seed}
+                 "buffer_tokens": args.buffer_tokens, "checkpoint_every": args.checkpoint_every, "seed": args.seed,
+                 "outlier_ratio": args.outlier_ratio}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     try:
         return train(load_model_for(args), cfg, args.out, resume=args.resume, d=d)

@@ -36,6 +36,7 @@ class TrainConfig:
     lm_batch_size: int = 16  # sequences per model forward pass
     seq_len: int = 128
     skip_positions: int = 1  # leading positions left out: position 0 carries massive activations
+    outlier_ratio: float = 10.0  # tokens with a norm above this x the median are left out (0: keep all)
     lr: float = 4e-3  # best of 1e-3 and 4e-3 on the default model at 128 steps; topk tolerates it
     warmup_fraction: float = 0.02  # linear warm-up over this share of the steps
     decay_fraction: float = 0.2  # linear decay to 0 over the last share of the steps
@@ -86,6 +87,8 @@ class TrainConfig:
             raise InterpError(f"--width must be positive (got {self.width})")
         if not 0 <= self.skip_positions < self.seq_len - 1:
             raise InterpError(f"skip_positions must be in [0, {self.seq_len - 1}) (got {self.skip_positions})")
+        if not (self.outlier_ratio == 0 or self.outlier_ratio > 1):
+            raise InterpError(f"--outlier-ratio must be above 1, or 0 to keep every token (got {self.outlier_ratio})")
         if self.buffer_tokens < self.batch_tokens:
             raise InterpError(f"buffer ({self.buffer_tokens} tokens) is smaller than a batch ({self.batch_tokens}); raise --buffer-tokens")
         if not 0 <= self.mix_fraction < 1:

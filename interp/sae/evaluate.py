@@ -5,7 +5,9 @@ over dimensions); MSE = E|x - x_hat|^2; cosine(x, x_hat); CE loss score = (CE_ze
 (CE_zero - CE_clean), with the hook zero-ablated as the baseline; KL score = (KL_zero - KL_sae) /
 KL_zero, KL(clean || spliced) per position. For a transcoder, x is the MLP output and "splicing in"
 replaces the MLP with the transcoder. The first `skip_positions` positions (the attention sink and its
-massive activations) are left out of every metric and left clean in the spliced runs, as in training.
+massive activations) and the tokens whose norm is above the limits the SAE was trained within (its
+metadata's `max_norm`, `max_norm_out`) are left out of the reconstruction metrics and left clean in
+the spliced runs, as in training; the CE and KL scores still cover every position after the first.
 
 Evaluation text is held out from training: the corpus read from its last document backwards.
 """
@@ -25,7 +27,7 @@ from interp.corpus import Corpus, load_corpus, token_batches
 from interp.hooks import check_hook_names
 from interp.results import Result, register_result
 from interp.sae import io
-from interp.sae.activations import check_finite, flat_tokens
+from interp.sae.activations import check_finite, flat_tokens, sae_limits, within_limits
 
 DENSE = 0.1  # a latent firing on more than this share of tokens is "dense"
 
@@ -41,6 +43,7 @@ class SAEEvalResult(Result):
     d_in: int
     d_sae: int
     tokens: int
+    outliers_left_out: int  # tokens above the SAE's norm limits, not reconstructed
     l0: float
     explained_variance: float
     mse: float
@@ -79,7 +82,8 @@ class SAEEvalResult(Result):
 
     def summary(self) -> str:
         what = f"transcoder {self.hook} -> {self.hook_out}" if self.hook_out else f"SAE on {self.hook}"
-        return (f"{self.arch} {what} ({self.d_in} -> {self.d_sae}), {self.tokens:,} held-out tokens\n"
+        return (f"{self.arch} {what} ({self.d_in} -> {self.d_sae}), {self.tokens:,} held-out tokens "
+                f"({self.outliers_left_out:,} outliers above the norm limits left out)\n"
                 f"L0 {self.l0:.1f}  explained variance {self.explained_variance:.3f}  MSE {self.mse:.4g}  cosine {self.cosine:.3f}\n"
                 f"CE loss: clean {self.ce_loss_clean:.3f}, spliced {self.ce_loss_sae:.3f}, zero-ablated {self.ce_loss_zero:.3f}"
                 f" -> score {self.ce_loss_score:.3f}\nKL: spliced {self.kl_sae:.4f}, zero-ablated {self.kl_zero:.4f} -> score {self.kl_score:.3f}\n"
@@ -111,7 +115,7 @@ class _Sums:
     """Running sums for the streamed metrics (float64 on CPU, as sae-lens's EV calculator)."""
 
     def __init__(self, d_sae: int):
-        self.n = 0
+        self.n = self.left_out = 0
         self.sum_x = None
         self.sum_sq = self.sum_resid = self.sum_cos = self.sum_l0 = 0.0
         self.fired = torch.zeros(d_sae, dtype=torch.float64)
@@ -155,10 +159,14 @@ def evaluate(model, sae, tokens: int = 16_384, corpus: str | Corpus | None = Non
     sums = _Sums(sae.cfg.d_sae)
     device = next(sae.parameters()).device
 
-    def run_spliced(batch: torch.Tensor, cache, replacement: torch.Tensor) -> torch.Tensor:
+    limits = sae_limits(sae)
+
+    def run_spliced(batch: torch.Tensor, cache, replacement: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         def patch(act, hook=None):
             act = act.clone()
-            act[:, skip:] = replacement.reshape(act[:, skip:].shape).to(act.dtype)
+            rows = act[:, skip:].reshape(keep.shape[0], -1)
+            rows[keep] = replacement.to(act.dtype)
+            act[:, skip:] = rows.reshape(act[:, skip:].shape)
             return act
         if resid_pre is None:
             return model.run_with_hooks(batch, fwd_hooks=[(splice, patch)])
@@ -171,12 +179,15 @@ def evaluate(model, sae, tokens: int = 16_384, corpus: str | Corpus | None = Non
             logits, cache = model.run_with_cache(batch, names_filter=lambda n: n in wanted)
             x = flat_tokens(cache[hook], skip)
             check_finite(x, hook, "evaluation batch")
+            target = flat_tokens(cache[splice], skip) if hook_out else x
+            keep = within_limits(torch.cat([x, target], 1) if hook_out else x, x.shape[1], limits)
+            sums.left_out += int((~keep).sum())
+            x, target = x[keep], target[keep]
             feats = sae.encode(x.to(device))
             recon = sae.decode(feats)
-            target = flat_tokens(cache[splice], skip) if hook_out else x
             sums.add(target.to(device), recon, feats)
-            logits_sae = run_spliced(batch, cache, recon)
-            logits_zero = run_spliced(batch, cache, torch.zeros_like(recon))
+            logits_sae = run_spliced(batch, cache, recon, keep)
+            logits_zero = run_spliced(batch, cache, torch.zeros_like(recon), keep)
             for key, value in (("clean", logits), ("sae", logits_sae), ("zero", logits_zero)):
                 sums.ce[key].append(_next_token_ce(value, batch, skip).flatten().cpu())
             sums.kl["sae"].append(_kl(logits, logits_sae, skip).flatten().cpu())
@@ -192,7 +203,7 @@ def evaluate(model, sae, tokens: int = 16_384, corpus: str | Corpus | None = Non
     density = (sums.fired / n).float()
     return SAEEvalResult(
         sae=path, hook=hook, hook_out=hook_out, arch=train_cfg.get("arch", sae.cfg.architecture()),
-        d_in=sae.cfg.d_in, d_sae=sae.cfg.d_sae, tokens=n, l0=sums.sum_l0 / n,
+        d_in=sae.cfg.d_in, d_sae=sae.cfg.d_sae, tokens=n, outliers_left_out=sums.left_out, l0=sums.sum_l0 / n,
         explained_variance=1 - (sums.sum_resid / n) / total_var, mse=sums.sum_resid / n, cosine=sums.sum_cos / n,
         ce_loss_clean=ce["clean"], ce_loss_sae=ce["sae"], ce_loss_zero=ce["zero"],
         ce_loss_score=(ce["zero"] - ce["sae"]) / (ce["zero"] - ce["clean"]),

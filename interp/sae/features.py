@@ -27,7 +27,7 @@ from interp.corpus import Corpus, load_corpus
 from interp.errors import InterpError
 from interp.results import Result, register_result
 from interp.sae import io
-from interp.sae.activations import check_finite, flat_tokens
+from interp.sae.activations import check_finite, flat_tokens, sae_limits, within_limits
 from interp.sae.evaluate import held_out
 from interp.streaming import stream_activations
 
@@ -82,16 +82,22 @@ class SparseActs:
 @torch.no_grad()
 def collect(model, sae, hook: str, corpus: Corpus, tokens: int, batch_size: int, seq_len: int, skip: int,
             progress: bool = True) -> SparseActs:
-    """Run held-out text through the model and the SAE; keep every non-zero latent activation."""
+    """Run held-out text through the model and the SAE; keep every non-zero latent activation.
+
+    Tokens above the SAE's input norm limit (massive activations, left out in training) get no latents.
+    """
     device = next(sae.parameters()).device
+    limit = (sae_limits(sae) or ())[:1]
     rows, index, feature, value = [], [], [], []
-    offset = 0
+    offset = left_out = 0
     for batch, acts in stream_activations(model, [hook], corpus, batch_size, seq_len, max_tokens=tokens,
                                           progress=progress):
         b, s = batch.shape
         x = flat_tokens(acts[hook], skip)
         check_finite(x, hook, "feature statistics")
-        latents = sae.encode(x.to(device)).reshape(b, s - skip, -1)
+        keep = within_limits(x, x.shape[1], limit)
+        left_out += int((~keep).sum())
+        latents = (sae.encode(x.to(device)) * keep[:, None].to(device)).reshape(b, s - skip, -1)
         r, p, f = torch.nonzero(latents > 0, as_tuple=True)
         value.append(latents[r, p, f].float().cpu())
         index.append(((r + offset) * s + p + skip).cpu())
@@ -103,7 +109,7 @@ def collect(model, sae, hook: str, corpus: Corpus, tokens: int, batch_size: int,
     order = np.argsort(feature_ids, kind="stable")
     counts = np.bincount(feature_ids, minlength=sae.cfg.d_sae)
     return SparseActs(tokens=all_tokens, token_index=torch.cat(index).numpy()[order], values=torch.cat(value).numpy()[order],
-                      offsets=np.concatenate([[0], np.cumsum(counts)]), n_tokens=all_tokens.shape[0] * (all_tokens.shape[1] - skip))
+                      offsets=np.concatenate([[0], np.cumsum(counts)]), n_tokens=all_tokens.shape[0] * (all_tokens.shape[1] - skip) - left_out)
 
 
 def _decoder_in_residual(model, sae, hook: str, hook_out: str | None) -> torch.Tensor | None:

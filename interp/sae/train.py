@@ -1,6 +1,7 @@
 """Train an SAE or transcoder on a model's activations, with sae-lens's training SAE classes.
 
-One runner for all architectures and for 1..N processes: our activation stream -> a mixing buffer
+One runner for all architectures and for 1..N processes: our activation stream -> outlier tokens
+left out (norm above `outlier_ratio` x the median, estimated on the first rows) -> a mixing buffer
 -> normalization to mean norm sqrt(d) (estimated on the first rows, folded into the weights at the
 end) -> sae-lens `training_forward_pass` (its losses, AuxK, thresholds) -> Adam with warm-up and
 linear decay, gradient clipping at 1 as sae-lens does. Dead latents are tracked over a token window
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 from interp.errors import InterpError
 from interp.results import Result, register_result
 from interp.sae import checkpoint, distributed, io
-from interp.sae.activations import ActivationSource, hook_dim
+from interp.sae.activations import ActivationSource, hook_dim, norm_medians, within_limits
 from interp.sae.buffer import MixingBuffer
 from interp.sae.build import training_sae
 from interp.sae.config import TrainConfig
@@ -58,6 +59,7 @@ class SAETrainResult(Result):
     l0: float
     explained_variance: float
     dead_fraction: float
+    outliers_left_out: int  # tokens left out for a norm above the limits
     history: pd.DataFrame  # step, tokens, loss, mse, l0, explained_variance, dead_fraction, lr
 
     def to_frame(self) -> pd.DataFrame:
@@ -77,7 +79,7 @@ class SAETrainResult(Result):
         return (f"trained {self.arch} {what}: {self.d_in} -> {self.d_sae} latents, {self.tokens:,} tokens, "
                 f"{self.steps} steps, {self.processes} process(es), {self.tokens_per_s:,.0f} tok/s\n"
                 f"final batch: loss {self.loss:.4g}, L0 {self.l0:.1f}, explained variance {self.explained_variance:.3f}, "
-                f"dead {self.dead_fraction:.1%}\nsaved to {self.out}")
+                f"dead {self.dead_fraction:.1%}; {self.outliers_left_out:,} outlier tokens left out\nsaved to {self.out}")
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -108,6 +110,8 @@ class Trainer:
         self.fired = torch.zeros(d_sae, dtype=torch.float64)  # tokens each latent fired on
         self.scale_in: float | None = None
         self.scale_out: float | None = None
+        self.limits: list[float] | None = None  # norm limits (input, target), raw units
+        self.excluded = 0  # tokens this process left out as outliers
         self.buffer = MixingBuffer(cfg.buffer_tokens, cfg.batch_tokens // d.world, cfg.mix_fraction,
                                    seed=cfg.seed * 7919 + d.rank)
         self.history: list[dict[str, float]] = []
@@ -115,11 +119,14 @@ class Trainer:
     # -- data -------------------------------------------------------------------------------
     @torch.no_grad()
     def _init_from_data(self, rows: Iterator[torch.Tensor]) -> None:
-        """Estimate the normalization factors and b_dec from the first rows (kept for training)."""
+        """Estimate the outlier limits, normalization factors and b_dec from the first rows (kept for training)."""
         first = []
         while sum(len(r) for r in first) < self.cfg.norm_tokens:
             first.append(next(rows))
         x = torch.cat(first)
+        medians = distributed.all_reduce(norm_medians(x, self.d_in), self.d, "mean")
+        self._set_limits((medians * self.cfg.outlier_ratio).tolist() if self.cfg.outlier_ratio else None)
+        x = self._kept(x)
         self.buffer.add(x)
         x_in, y = x[:, : self.d_in], x[:, self.d_in:] if self.cfg.is_transcoder else x
         norms = torch.stack([x_in.norm(dim=-1).mean(), y.norm(dim=-1).mean()]).double()
@@ -129,6 +136,18 @@ class Trainer:
         self.scale_in = math.sqrt(x_in.shape[1]) / float(norms[0])
         self.scale_out = math.sqrt(y.shape[1]) / float(norms[1])
         self.sae.b_dec.data.copy_((mean_y * self.scale_out).float())
+
+    def _set_limits(self, limits: list[float] | None) -> None:
+        """Keep the limits, and record them in the SAE's metadata (evaluation leaves the same tokens out)."""
+        self.limits = limits
+        meta = self.sae.cfg.metadata
+        meta.max_norm = limits[0] if limits else None
+        meta.max_norm_out = limits[1] if limits and len(limits) > 1 else None
+
+    def _kept(self, rows: torch.Tensor) -> torch.Tensor:
+        keep = within_limits(rows, self.d_in, self.limits)
+        self.excluded += int((~keep).sum())
+        return rows[keep]
 
     def _scaled(self, batch: torch.Tensor) -> torch.Tensor:
         batch = batch.to(self.cfg.device)
@@ -176,7 +195,7 @@ class Trainer:
         rows = iter(source)
         if self.scale_in is None:
             self._init_from_data(rows)
-        batches = self.buffer.batches(rows)
+        batches = self.buffer.batches(self._kept(r) for r in rows)
         bar = tqdm(total=cfg.steps * cfg.batch_tokens, initial=self.step * cfg.batch_tokens, unit="tok",
                    unit_scale=True, desc=f"train {cfg.arch}", file=sys.stderr, disable=not (cfg.progress and self.d.main),
                    dynamic_ncols=True)
@@ -207,8 +226,8 @@ class Trainer:
         optim_tensors, groups = checkpoint.optimizer_tensors(self.optimizer)
         tensors = {f"sae.{k}": v for k, v in self.sae.state_dict().items()}
         tensors.update(optim_tensors, since_fired=self.since_fired, fired=self.fired)
-        meta = {"step": self.step, "scale_in": self.scale_in, "scale_out": self.scale_out, "world": self.d.world,
-                "param_groups": groups, "config": self.cfg.to_dict(), "history": self.history}
+        meta = {"step": self.step, "scale_in": self.scale_in, "scale_out": self.scale_out, "limits": self.limits,
+                "world": self.d.world, "param_groups": groups, "config": self.cfg.to_dict(), "history": self.history}
         return tensors, meta
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -216,6 +235,7 @@ class Trainer:
         checkpoint.load_optimizer(self.optimizer, tensors, meta["param_groups"])
         self.since_fired, self.fired = tensors["since_fired"], tensors["fired"]
         self.step, self.scale_in, self.scale_out = meta["step"], meta["scale_in"], meta["scale_out"]
+        self._set_limits(meta["limits"])
         self.history = meta["history"]
 
 
@@ -268,6 +288,7 @@ def train(model, cfg: TrainConfig, out: str | Path, resume: bool = False, corpus
         trainer.load_state(tensors, meta)
         trainer.buffer.load_state(rank_tensors)
         source.epoch, source.batch_in_epoch = rank_meta["epoch"], rank_meta["batch_in_epoch"]
+        trainer.excluded = rank_meta["excluded"]
         start_step = trainer.step
     elif d.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -275,7 +296,7 @@ def train(model, cfg: TrainConfig, out: str | Path, resume: bool = False, corpus
 
     def save_checkpoint(t: Trainer) -> None:
         tensors, meta = t.state()
-        rank_meta = {"epoch": source.epoch, "batch_in_epoch": source.batch_in_epoch}
+        rank_meta = {"epoch": source.epoch, "batch_in_epoch": source.batch_in_epoch, "excluded": t.excluded}
         checkpoint.save(out, t.step, tensors, meta, t.buffer.state(), rank_meta, d)
 
     started = time.perf_counter()
@@ -284,8 +305,10 @@ def train(model, cfg: TrainConfig, out: str | Path, resume: bool = False, corpus
     density = trainer.fired / max(1, trainer.step * cfg.batch_tokens)
     dead_fraction = float((trainer.since_fired >= cfg.dead_window_tokens).double().mean())
     tokens_per_s = (trainer.step - start_step) * cfg.batch_tokens / max(seconds, 1e-9)
+    excluded = int(distributed.all_reduce(torch.tensor([float(trainer.excluded)], dtype=torch.float64), d))
     training = {"config": cfg.to_dict(), "steps": trainer.step, "tokens": trainer.step * cfg.batch_tokens,
                 "processes": d.world, "scale_in": trainer.scale_in, "scale_out": trainer.scale_out,
+                "norm_limits": trainer.limits, "outlier_tokens_left_out": excluded,
                 "final": stats, "dead_fraction": dead_fraction, "tokens_per_s": tokens_per_s}
     distributed.barrier(d)
     if d.main:
@@ -298,4 +321,5 @@ def train(model, cfg: TrainConfig, out: str | Path, resume: bool = False, corpus
         tokens=trainer.step * cfg.batch_tokens, steps=trainer.step, processes=d.world, resumed_from_step=start_step,
         seconds=seconds, tokens_per_s=tokens_per_s, loss=stats.get("loss", float("nan")), l0=stats.get("l0", float("nan")),
         explained_variance=stats.get("explained_variance", float("nan")), dead_fraction=dead_fraction,
+        outliers_left_out=excluded,
         history=pd.DataFrame(trainer.history))
