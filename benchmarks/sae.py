@@ -4,6 +4,8 @@
    model object, hook, architecture (topk), token rows (pre-tokenized, position 0 left out by both),
    buffer, batch, learning-rate schedule and token budget; then both SAEs evaluated by the same
    held-out evaluation at the same L0 (k).
+   Ours leaves out tokens with massive activations (norm over 10x the median); both SAEs are scored
+   on the same held-out tokens, without those.
 2. 1 vs 2 processes: `torchrun --nproc-per-node {1,2} -m interp sae train` (gloo on CPU).
 3. Feature analysis: seconds per 1,000 latents after the model pass, and in total.
 
@@ -84,6 +86,7 @@ def main() -> None:
 
     from interp.models import load_model
     from interp.sae import TrainConfig, load_sae, train
+    from interp.sae.activations import sae_limits
     from interp.sae.evaluate import evaluate
     from interp.sae.features import feature_statistics
 
@@ -98,8 +101,10 @@ def main() -> None:
     train(model, cfg, tmp / "ours")
     ours_s = time.perf_counter() - started
     theirs_s = sae_lens_run(model, cfg, tmp / "sae_lens")
+    limits = sae_limits(load_sae(tmp / "ours"))  # both scored on the same tokens: ours leaves outliers out
     for name, seconds in (("ours", ours_s), ("sae_lens", theirs_s)):
-        result = evaluate(model, load_sae(tmp / name), tokens=args.eval_tokens, path=str(tmp / name), progress=False)
+        result = evaluate(model, load_sae(tmp / name), tokens=args.eval_tokens, path=str(tmp / name), progress=False,
+                          limits=limits)
         report[name] = {"seconds": round(seconds, 1), "tokens_per_s": round(args.tokens / seconds, 1),
                         "l0": round(result.l0, 2), "explained_variance": round(result.explained_variance, 4),
                         "ce_loss_score": round(result.ce_loss_score, 4), "dead_fraction": round(result.dead_fraction, 4)}

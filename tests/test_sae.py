@@ -229,10 +229,13 @@ def test_massive_activation_tokens_are_left_out_of_training_and_evaluation(tiny_
         sae = load_sae(tmp_path / "kept")
         spiked = evaluate(tiny_llama, sae, tokens=1024, path=str(tmp_path / "kept"), progress=False)
         unfiltered = evaluate(tiny_llama, load_sae(tmp_path / "all"), tokens=1024, progress=False)
+        same_tokens = evaluate(tiny_llama, load_sae(tmp_path / "all"), tokens=1024, progress=False,
+                               limits=[sae.cfg.metadata.max_norm])
     clean = evaluate(tiny_llama, sae, tokens=1024, path=str(tmp_path / "kept"), progress=False)
     assert trained.outliers_left_out >= 4096 // 63 and plain.outliers_left_out == 0
     assert sae.cfg.metadata.max_norm == pytest.approx(json.loads((tmp_path / "kept" / "training.json").read_text())["norm_limits"][0])
     assert spiked.outliers_left_out == 1024 // 64 and clean.outliers_left_out == 0 and unfiltered.outliers_left_out == 0
+    assert same_tokens.outliers_left_out == 1024 // 64 and same_tokens.tokens == spiked.tokens
     assert spiked.tokens == clean.tokens - 1024 // 64
     assert spiked.explained_variance == pytest.approx(clean.explained_variance, abs=0.03)  # the spike is not scored
     assert spiked.ce_loss_score > 0.5

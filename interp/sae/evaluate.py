@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -137,8 +138,12 @@ class _Sums:
 @torch.no_grad()
 def evaluate(model, sae, tokens: int = 16_384, corpus: str | Corpus | None = None, batch_size: int = 8,
              seq_len: int | None = None, skip_positions: int | None = None, hook: str | None = None,
-             hook_out: str | None = None, path: str = "", progress: bool = True) -> SAEEvalResult:
-    """Evaluate `sae` (from `load_sae(path)`) on `tokens` held-out tokens of `corpus` (default: its training corpus)."""
+             hook_out: str | None = None, path: str = "", progress: bool = True,
+             limits: Sequence[float] | None = None) -> SAEEvalResult:
+    """Evaluate `sae` (from `load_sae(path)`) on `tokens` held-out tokens of `corpus` (default: its training corpus).
+
+    `limits` (norm limits of input, target) overrides the SAE's own, e.g. to score two SAEs on the same tokens.
+    """
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
@@ -159,7 +164,7 @@ def evaluate(model, sae, tokens: int = 16_384, corpus: str | Corpus | None = Non
     sums = _Sums(sae.cfg.d_sae)
     device = next(sae.parameters()).device
 
-    limits = sae_limits(sae)
+    limits = sae_limits(sae) if limits is None else limits
 
     def run_spliced(batch: torch.Tensor, cache, replacement: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         def patch(act, hook=None):
