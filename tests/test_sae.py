@@ -241,25 +241,6 @@ def test_massive_activation_tokens_are_left_out_of_training_and_evaluation(tiny_
     assert spiked.ce_loss_score > 0.5
 
 
-def test_auxk_reconstructs_with_relu_of_the_dead_pre_activations():
-    from sae_lens import TopKTrainingSAE
-
-    from interp.sae.build import training_sae
-
-    sae = training_sae(tiny_cfg(width=64), 16, None, {})
-    x, out = torch.randn(8, 16), torch.randn(8, 16)
-    dead = torch.zeros(64, dtype=torch.bool)
-    dead[:40] = True
-    negative = -torch.rand(8, 64) - 1
-    # every dead pre-activation is negative: no dead latent reconstructs anything (sae-lens would sum them)
-    energy = (x - out).pow(2).sum(-1).mean()
-    assert float(sae.calculate_topk_aux_loss(x, out, negative, dead)) == pytest.approx(float(energy) / 32, rel=1e-5)
-    assert float(TopKTrainingSAE.calculate_topk_aux_loss(sae, x, out, negative, dead)) > 1.1 * float(energy) / 32
-    positive = negative.abs()
-    assert torch.equal(sae.calculate_topk_aux_loss(x, out, positive, dead),
-                       TopKTrainingSAE.calculate_topk_aux_loss(sae, x, out, positive, dead))
-
-
 def test_norm_limits_apply_to_each_part_of_a_transcoder_row():
     from interp.sae.activations import norm_medians, within_limits
 

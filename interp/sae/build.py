@@ -5,25 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from sae_lens import BatchTopKTrainingSAE, TopKTrainingSAE
 from sae_lens.registry import get_sae_training_class
 from sae_lens.saes.sae import SAEMetadata, TrainingSAE
 
 from interp.sae import transcoder
-from interp.sae.auxk import ReluAuxK
 from interp.sae.config import SAE_LENS_ARCH, TrainConfig
-
-
-class TopKTraining(ReluAuxK, TopKTrainingSAE):
-    pass
-
-
-class BatchTopKTraining(ReluAuxK, BatchTopKTrainingSAE):
-    pass
-
-
-# sae-lens's training classes, except the TopK family, whose AuxK follows Gao et al.'s code
-AUXK_CLASSES = {"topk": TopKTraining, "batchtopk": BatchTopKTraining}
 
 
 def training_sae(cfg: TrainConfig, d_in: int, d_out: int | None, metadata: dict[str, Any]) -> TrainingSAE:
@@ -33,7 +19,6 @@ def training_sae(cfg: TrainConfig, d_in: int, d_out: int | None, metadata: dict[
         sae_cls, cfg_cls = transcoder.TRAINING_CLASSES[arch]
     else:
         sae_cls, cfg_cls = get_sae_training_class(arch)
-        sae_cls = AUXK_CLASSES.get(arch, sae_cls)
     warmup = int(cfg.steps * cfg.sparsity_warmup_fraction)
     kwargs: dict[str, Any] = {
         "d_in": d_in, "d_sae": cfg.d_sae(d_in), "dtype": "float32", "device": cfg.device,

@@ -2,8 +2,8 @@
 to `blocks.l.hook_mlp_out`, with its own output bias.
 
 Training reuses sae-lens's training SAE classes, so every architecture (relu, topk, batchtopk,
-jumprelu) keeps its own activation, auxiliary loss (AuxK as in `interp.sae.auxk`) and threshold
-handling. The only changes: the decoder maps to `d_out`, no decoder bias is subtracted from the input, and each training row packs
+jumprelu) keeps its own activation, auxiliary loss and threshold handling. The only changes: the
+decoder maps to `d_out`, no decoder bias is subtracted from the input, and each training row packs
 input and target side by side (`[x | y]`, the way sae-lens's multi-hook buffer packs hooks), so the
 shared mixing buffer shuffles them together. The MSE and the auxiliary losses read the target half.
 
@@ -33,8 +33,6 @@ from sae_lens.saes.sae import TrainStepInput, mse_loss
 from sae_lens.saes.topk_sae import TopK
 from sae_lens.saes.transcoder import Transcoder, TranscoderConfig
 from torch import nn
-
-from interp.sae.auxk import ReluAuxK
 
 # training architecture -> the sae-lens inference architecture a saved transcoder loads as
 INFERENCE_ARCH = {"standard": "transcoder", "topk": "topk_transcoder", "batchtopk": "jumprelu_transcoder",
@@ -107,11 +105,11 @@ class StandardTranscoderTraining(_TranscoderTraining, StandardTrainingSAE):
     pass
 
 
-class TopKTranscoderTraining(_TranscoderTraining, ReluAuxK, TopKTrainingSAE):
+class TopKTranscoderTraining(_TranscoderTraining, TopKTrainingSAE):
     pass
 
 
-class BatchTopKTranscoderTraining(_TranscoderTraining, ReluAuxK, BatchTopKTrainingSAE):
+class BatchTopKTranscoderTraining(_TranscoderTraining, BatchTopKTrainingSAE):
     pass
 
 
