@@ -49,11 +49,15 @@ def block_work(T: int, L: int, subject_start: int, samples: int, window: int) ->
     their floating-point work.
 
     The reference runs every cell as a full pass of 1 + samples rows; ours runs `samples` rows of
-    positions >= t from the cell's first restored layer, and skips positions before the subject.
+    positions >= t from the cell's first restored layer (for a window that starts where a shorter one
+    does, from where the two part), and skips positions before the subject.
     """
     from circuits.tracing import window_layers
 
-    firsts = [min(l + 1, L - 1) for l in range(L)] + [window_layers(l, window, L).start for l in range(L)] * 2
+    windows = [window_layers(l, window, L) for l in range(L)]
+    joins = [max([w.start] + [min(w.stop, v.stop) for v in windows[:i] if v.start == w.start and v.stop != w.stop])
+             for i, w in enumerate(windows)]
+    firsts = [min(l + 1, L - 1) for l in range(L)] + joins * 2
     ours = samples * sum(T - t for t in range(subject_start, T)) * sum(L - f for f in firsts)
     reference = 3 * (2 + T * L) * (1 + samples) * T * L
     return ours, reference

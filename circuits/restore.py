@@ -8,6 +8,8 @@ sequential in layers, so writing at layer l and position t leaves every position
 attention keys/values, and for each group of patches that start at the same position t feed only
 positions >= t through the blocks, starting each patch at its own first layer (patches join the batch
 as the layer loop reaches them) and reading keys/values of positions < t from the base run's cache.
+Patches that make the same writes below some layer share their rows up to there (causal tracing's
+windows clipped at layer 0 all restore the same first layers), and fork where their writes part.
 Writes happen through TransformerLens hooks on the blocks, so every hook point behaves as usual.
 """
 
@@ -59,6 +61,24 @@ class Patch:
     @property
     def start_pos(self) -> int:
         return min(0 if w.pos is None else w.pos for w in self.writes)
+
+    def fork_layer(self, other: Patch) -> int | None:
+        """The first layer where this patch's writes differ from `other`'s (None when they never do).
+
+        Values are compared by identity (the same view of the same tensor), which is enough to find
+        the windows that share a clean cache and never takes different values for equal ones.
+        """
+        mine, theirs = _writes_by_layer(self), _writes_by_layer(other)
+        differ = [layer for layer in mine.keys() | theirs.keys() if mine.get(layer) != theirs.get(layer)]
+        return min(differ, default=None)
+
+
+def _writes_by_layer(patch: Patch) -> dict[int, set]:
+    out: dict[int, set] = defaultdict(set)
+    for w in patch.writes:
+        v = w.value
+        out[w.layer].add((w.hook, w.pos, w.head, v.data_ptr(), tuple(v.shape), v.stride()))
+    return out
 
 
 @dataclasses.dataclass
@@ -138,7 +158,7 @@ def run_patches(model, base: BaseRun, patches: list[Patch], read_ids: torch.Tens
         by_pos[patch.start_pos].append(i)
     chunks = []
     for start_pos, members in sorted(by_pos.items()):
-        members.sort(key=lambda i: patches[i].start_layer)
+        members.sort(key=lambda i: patches[i].start_layer)  # patches that can share rows come together
         per_chunk = max(1, max_tokens // (n_base * (T - start_pos)))
         chunks += [(start_pos, members[c:c + per_chunk]) for c in range(0, len(members), per_chunk)]
     for start_pos, chunk in tqdm(chunks, desc=desc, disable=desc is None, leave=False):
@@ -146,22 +166,42 @@ def run_patches(model, base: BaseRun, patches: list[Patch], read_ids: torch.Tens
     return out
 
 
+def _joins(patches: list[Patch]) -> list[tuple[int, int | None]]:
+    """Per patch: (layer its rows join the run, index of the patch they are copied from, or None for
+    the base run). A patch forks from the earlier patch of the same start layer whose writes agree
+    with its own up to the highest layer."""
+    joins: list[tuple[int, int | None]] = []
+    for i, patch in enumerate(patches):
+        join: tuple[int, int | None] = (patch.start_layer, None)
+        for j in range(i):
+            if patches[j].start_layer == patch.start_layer:
+                fork = patch.fork_layer(patches[j])
+                if fork is not None and fork > join[0]:
+                    join = (fork, j)
+        joins.append(join)
+    return joins
+
+
 def _run_chunk(model, base: BaseRun, patches: list[Patch], start_pos: int, read_ids: torch.Tensor) -> torch.Tensor:
-    """Patches sorted by start layer, all starting at `start_pos`: the layer loop over positions >= start_pos."""
+    """Patches all starting at `start_pos`: the layer loop over positions >= start_pos, each patch's rows
+    joining at its own first layer (from the base run) or where it forks from another patch."""
     n_base = base.resid_pre[0].shape[0]
     device = base.logits.device
-    starts = [p.start_layer for p in patches]
-    writes = [(i, w) for i, p in enumerate(patches) for w in p.writes]
+    joins = _joins(patches)
+    order = sorted(range(len(patches)), key=lambda i: joins[i][0])  # rows are in joining order
+    row = {i: r for r, i in enumerate(order)}
+    writes = [(row[i], w) for i in order for w in patches[i].writes if w.layer >= joins[i][0]]
     resid = base.resid_pre[0].new_empty(0, base.resid_pre[0].shape[1] - start_pos, model.cfg.d_model)
     with model.hooks(fwd_hooks=_write_hooks(writes, n_base, start_pos, device)):
         for layer, block in enumerate(model.blocks):
-            n_active = sum(s <= layer for s in starts)
-            n_joining = n_active - resid.shape[0] // n_base
-            if n_joining:
-                joining = base.resid_pre[layer][:, start_pos:].repeat(n_joining, 1, 1)
-                resid = torch.cat([resid, joining]) if resid.shape[0] else joining
-            if not n_active:
+            joining = [(base.resid_pre[layer][:, start_pos:] if parent is None
+                        else resid[row[parent] * n_base:(row[parent] + 1) * n_base])
+                       for at, parent in (joins[i] for i in order) if at == layer]
+            if joining:
+                resid = torch.cat([resid, *joining])
+            if not resid.shape[0]:
                 continue
+            n_active = resid.shape[0] // n_base
             past = None
             if start_pos:
                 past = TransformerLensKeyValueCacheEntry(
@@ -170,7 +210,8 @@ def _run_chunk(model, base: BaseRun, patches: list[Patch], start_pos: int, read_
                     frozen=True,
                 )
             resid = block(resid, past_kv_cache_entry=past)
-    return _read_out(model, resid[:, -1], read_ids).view(len(patches), n_base, -1)
+    read = _read_out(model, resid[:, -1], read_ids).view(len(patches), n_base, -1)
+    return read[[row[i] for i in range(len(patches))]]
 
 
 def _read_out(model, final: torch.Tensor, read_ids: torch.Tensor, rows: int = 64) -> torch.Tensor:

@@ -45,6 +45,16 @@ def test_chunking_does_not_change_the_scores(tiny_llama, monkeypatch):
         torch.testing.assert_close(chunked.scores[kind], whole.scores[kind], atol=1e-6, rtol=1e-5)
 
 
+def test_windows_clipped_at_layer_0_share_their_first_layers(tiny_llama):
+    from circuits.restore import Patch, _joins
+    from circuits.tracing import _restore_writes
+
+    _, clean = tiny_llama.run_with_cache(tiny_llama.to_tokens(PROMPT, prepend_bos=False))
+    patches = [Patch(_restore_writes("mlp", 2, layer, clean, 3, 3)) for layer in range(3)]  # windows [0,2) [0,3) [1,3)
+    # the second window restores what the first does in layer 0-1, so it forks from it at layer 2
+    assert _joins(patches) == [(0, None), (2, 0), (1, None)]
+
+
 def test_window_layers_match_the_reference_code():
     assert list(window_layers(0, 10, 30)) == list(range(0, 5))
     assert list(window_layers(12, 10, 30)) == list(range(7, 17))
