@@ -62,18 +62,10 @@ class Patch:
     def start_pos(self) -> int:
         return min(0 if w.pos is None else w.pos for w in self.writes)
 
-    def fork_layer(self, other: Patch) -> int | None:
-        """The first layer where this patch's writes differ from `other`'s (None when they never do).
-
-        Values are compared by identity (the same view of the same tensor), which is enough to find
-        the windows that share a clean cache and never takes different values for equal ones.
-        """
-        mine, theirs = _writes_by_layer(self), _writes_by_layer(other)
-        differ = [layer for layer in mine.keys() | theirs.keys() if mine.get(layer) != theirs.get(layer)]
-        return min(differ, default=None)
-
 
 def _writes_by_layer(patch: Patch) -> dict[int, set]:
+    """Each layer's writes as comparable keys; values by identity (the same view of the same tensor),
+    which finds the windows that read one clean cache and never mistakes different values for equal."""
     out: dict[int, set] = defaultdict(set)
     for w in patch.writes:
         v = w.value
@@ -168,16 +160,18 @@ def run_patches(model, base: BaseRun, patches: list[Patch], read_ids: torch.Tens
 
 def _joins(patches: list[Patch]) -> list[tuple[int, int | None]]:
     """Per patch: (layer its rows join the run, index of the patch they are copied from, or None for
-    the base run). A patch forks from the earlier patch of the same start layer whose writes agree
-    with its own up to the highest layer."""
+    the base run). A patch forks from the earlier patch of its start layer whose writes stay equal to
+    its own the longest, at the first layer where they differ."""
+    writes = [_writes_by_layer(p) for p in patches]
     joins: list[tuple[int, int | None]] = []
     for i, patch in enumerate(patches):
         join: tuple[int, int | None] = (patch.start_layer, None)
         for j in range(i):
             if patches[j].start_layer == patch.start_layer:
-                fork = patch.fork_layer(patches[j])
-                if fork is not None and fork > join[0]:
-                    join = (fork, j)
+                differ = [layer for layer in writes[i].keys() | writes[j].keys()
+                          if writes[i].get(layer) != writes[j].get(layer)]
+                if differ and min(differ) > join[0]:
+                    join = (min(differ), j)
         joins.append(join)
     return joins
 
