@@ -49,15 +49,18 @@ def block_work(T: int, L: int, subject_start: int, samples: int, window: int) ->
     their floating-point work.
 
     The reference runs every cell as a full pass of 1 + samples rows; ours runs `samples` rows of
-    positions >= t from the cell's first restored layer (for a window that starts where a shorter one
-    does, from where the two part), and skips positions before the subject.
+    positions >= t from the layer where the tracer's rows for the cell join (`circuits.restore._joins`:
+    its first restored layer, or where its window parts from a shorter one that starts alike), and
+    skips positions before the subject.
     """
-    from circuits.tracing import window_layers
+    from circuits.restore import Patch, _joins
+    from circuits.tracing import KINDS, OUTPUT_HOOKS, _restore_writes
+    from interp.hooks import resid_post
 
-    windows = [window_layers(l, window, L) for l in range(L)]
-    joins = [max([w.start] + [min(w.stop, v.stop) for v in windows[:i] if v.start == w.start and v.stop != w.stop])
-             for i, w in enumerate(windows)]
-    firsts = [min(l + 1, L - 1) for l in range(L)] + joins * 2
+    hooks = [resid_post(l) for l in range(L)] + [OUTPUT_HOOKS[k](l) for k in ("mlp", "attn") for l in range(L)]
+    clean = {name: torch.zeros(1, 1, 1) for name in hooks}  # one tensor per hook, as in the tracer's clean cache
+    patches = [Patch(_restore_writes(kind, 0, l, clean, window, L)) for kind in KINDS for l in range(L)]
+    firsts = [join for join, _ in _joins(patches)]
     ours = samples * sum(T - t for t in range(subject_start, T)) * sum(L - f for f in firsts)
     reference = 3 * (2 + T * L) * (1 + samples) * T * L
     return ours, reference
