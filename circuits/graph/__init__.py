@@ -1,0 +1,7 @@
+"""Attribution graphs over transcoder features (Ameisen et al. 2025, "Circuit tracing"), with the attention
+terms circuit-tracer leaves out, Dunefsky et al.'s factorisation of feature links, and interventions that
+check a graph in the spliced model."""
+
+from circuits.graph.result import AttributionGraph
+
+__all__ = ["AttributionGraph"]
