@@ -58,8 +58,9 @@ def embedding_noise_std(model) -> float:
         return json.loads(cache.read_text())["embedding_std"]
     rows = []
     for record in load_facts():
-        tokens = model.to_tokens(fact_prompt(record), prepend_bos=False)
-        start, end = find_span(model, tokens, record["requested_rewrite"]["subject"])
+        prompt = fact_prompt(record)
+        tokens = model.to_tokens(prompt, prepend_bos=False)
+        start, end = find_span(model, prompt, record["requested_rewrite"]["subject"], tokens)
         rows.append(model.embed(tokens)[0, start:end])
     std = float(torch.cat(rows).std())
     cache.write_text(json.dumps({"embedding_std": std, "subject_tokens": sum(len(r) for r in rows)}))
@@ -105,7 +106,7 @@ def prepare(model, prompt: str, subject: str, target: str | None, samples: int, 
     if window < 1:
         raise InterpError(f"the window must be at least 1 layer (got {window}); pass --window 10")
     tokens = encode(model, prompt)
-    span = find_span(model, tokens, subject)
+    span = find_span(model, prompt, subject, tokens)
     if span[1] >= tokens.shape[1]:
         raise InterpError(f"the subject {subject!r} ends at the last token; the prompt must continue after it "
                           f"(e.g. '{prompt} is')")
@@ -259,8 +260,10 @@ class TraceResult(Result):
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
+        from interp.plotting import escape_label
+
         kinds = list(self.scores)
-        labels = _marked(self.tokens, self.subject_range)
+        labels = [escape_label(label) for label in _marked(self.tokens, self.subject_range)]
         fig = make_subplots(rows=1, cols=len(kinds), shared_yaxes=True, horizontal_spacing=0.06,
                             subplot_titles=[f"{_TITLES[k]} ({k})" for k in kinds])
         for i, kind in enumerate(kinds, start=1):
@@ -273,8 +276,8 @@ class TraceResult(Result):
         fig.update_yaxes(autorange="reversed")
         first = " (first token of the target)" if self.target_multi_token else ""
         fig.update_layout(height=140 + 28 * len(self.tokens), width=420 * len(kinds),
-                          title=f"Causal trace: p({self.answer!r}){first} clean {self.high:.3f}, "
-                                f"corrupted {self.low:.3f}; subject tokens marked *")
+                          title=escape_label(f"Causal trace: p({self.answer!r}){first} clean {self.high:.3f}, "
+                                             f"corrupted {self.low:.3f}; subject tokens marked *"))
         return fig
 
     def summary(self) -> str:

@@ -51,14 +51,15 @@ def tokenize(model, texts: Sequence[str]) -> list[list[int]]:
     return ids
 
 
-def token_indices(model, ids: list[list[int]], position: str | int, marks: Sequence[str] | None) -> list[int]:
+def token_indices(model, texts: Sequence[str], ids: list[list[int]], position: str | int,
+                  marks: Sequence[str] | None) -> list[int]:
     """The token index read in each text (for every position but 'mean')."""
     if position == "last":
         return [len(x) - 1 for x in ids]
     if position == "mark":
         if marks is None:
             raise InterpError("position 'mark' needs a dataset with a 'mark' column naming a word of each text")
-        return [find_span(model, torch.tensor(x), mark)[1] - 1 for x, mark in zip(ids, marks, strict=True)]
+        return [find_span(model, text, mark, x)[1] - 1 for text, x, mark in zip(texts, ids, marks, strict=True)]
     out = []
     for i, x in enumerate(ids):
         if not -len(x) <= position < len(x):
@@ -87,7 +88,7 @@ def collect_activations(model, texts: Sequence[str], layers: Sequence[int] | Non
     position = parse_position(position)
     ids = tokenize(model, texts)
     lengths = [len(x) for x in ids]
-    at = None if position == "mean" else token_indices(model, ids, position, marks)
+    at = None if position == "mean" else token_indices(model, texts, ids, position, marks)
     names = {resid_post(l): i for i, l in enumerate(layers)}
     pad = model.tokenizer.pad_token_id or 0
     out = torch.empty(len(layers), len(ids), model.cfg.d_model)

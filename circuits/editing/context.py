@@ -12,7 +12,7 @@ import dataclasses
 
 import torch
 
-from interp.errors import InterpError
+from interp.tokens import locate
 
 STARTERS = ("The", "Therefore", "Because", "I", "You")
 _TEMPLATES: dict[tuple, list[list[str]]] = {}
@@ -59,12 +59,8 @@ def subject_last_index(model, template: str, subject: str) -> tuple[list[int], i
     """(token ids of template with the subject filled in, index of the subject's last token)."""
     at = template.index("{}")
     text = template[:at] + subject + template[at + 2:]
-    end = at + len(subject)
-    enc = model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    inside = [i for i, (start, _) in enumerate(enc["offset_mapping"]) if start < end]
-    if not subject.strip() or not inside:
-        raise InterpError(f"cannot find the subject {subject!r} in {text!r}; check the subject")
-    return enc["input_ids"], max(inside)
+    ids, (_, stop) = locate(model, text, at, at + len(subject))
+    return ids, stop - 1
 
 
 @dataclasses.dataclass
