@@ -260,10 +260,8 @@ class TraceResult(Result):
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
-        from interp.plotting import escape_label
-
         kinds = list(self.scores)
-        labels = [escape_label(label) for label in _marked(self.tokens, self.subject_range)]
+        labels = _marked(self.tokens, self.subject_range)
         fig = make_subplots(rows=1, cols=len(kinds), shared_yaxes=True, horizontal_spacing=0.06,
                             subplot_titles=[f"{_TITLES[k]} ({k})" for k in kinds])
         for i, kind in enumerate(kinds, start=1):
