@@ -274,8 +274,8 @@ class TraceResult(Result):
         fig.update_yaxes(autorange="reversed")
         first = " (first token of the target)" if self.target_multi_token else ""
         fig.update_layout(height=140 + 28 * len(self.tokens), width=420 * len(kinds),
-                          title=escape_label(f"Causal trace: p({self.answer!r}){first} clean {self.high:.3f}, "
-                                             f"corrupted {self.low:.3f}; subject tokens marked *"))
+                          title=f"Causal trace: p({self.answer!r}){first} clean {self.high:.3f}, "
+                                f"corrupted {self.low:.3f}; subject tokens marked *")
         return fig
 
     def summary(self) -> str:
