@@ -186,6 +186,7 @@ def test_sae_width_must_match_the_hook(tiny_gpt2, trained_sae):
 
     sae = load_sae(trained_sae)
     sae.cfg.metadata.hook_name = "blocks.1.mlp.hook_post"  # 256 wide in tiny-gpt2
+    sae.cfg.metadata.model_name = None  # as an SAE from elsewhere: only the widths can be checked
     with pytest.raises(InterpError, match="64-wide"):
         evaluate(tiny_gpt2, sae, tokens=256)
 

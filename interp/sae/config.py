@@ -11,10 +11,11 @@ import dataclasses
 import re
 from typing import Any
 
-from interp.errors import InterpError
+from interp.errors import InterpError, check_finite
 
 ARCHS = ("relu", "topk", "batchtopk", "jumprelu")
 SAE_LENS_ARCH = {"relu": "standard", "topk": "topk", "batchtopk": "batchtopk", "jumprelu": "jumprelu"}
+K_ARCHS = ("topk", "batchtopk")  # architectures that keep k latents active
 # fields a resumed run may change without changing what it computes
 RESUME_FREE = ("checkpoint_every", "progress", "device")
 
@@ -52,6 +53,9 @@ class TrainConfig:
     device: str = "cpu"
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        self.check()
+
     @property
     def is_transcoder(self) -> bool:
         return self.hook_out is not None
@@ -67,7 +71,12 @@ class TrainConfig:
         return {"relu": 5.0, "jumprelu": 0.5}.get(self.arch, 0.0)
 
     def d_sae(self, d_in: int) -> int:
-        return self.width if self.width is not None else int(round(self.expansion * d_in))
+        """Number of latents for `d_in`-wide inputs; raises when it leaves no room for `k` active ones."""
+        d_sae = self.width if self.width is not None else int(round(self.expansion * d_in))
+        if d_sae < 1 or (self.arch in K_ARCHS and self.k > d_sae):
+            raise InterpError(f"{d_sae} latents cannot hold k={self.k} active ones; lower --k or raise "
+                              "--width / --expansion")
+        return d_sae
 
     def check(self) -> TrainConfig:
         """Raise a one-line InterpError for settings that cannot work; return self."""
@@ -79,12 +88,21 @@ class TrainConfig:
             raise InterpError(f"transcoder target {self.hook_out!r} is not an MLP output; use blocks.L.hook_mlp_out")
         positive = {"tokens": self.tokens, "batch_tokens": self.batch_tokens, "k": self.k,
                     "lm_batch_size": self.lm_batch_size, "buffer_tokens": self.buffer_tokens, "lr": self.lr,
-                    "expansion": self.expansion}
+                    "expansion": self.expansion, "norm_tokens": self.norm_tokens,
+                    "dead_window_tokens": self.dead_window_tokens}
         for name, value in positive.items():
-            if not value > 0:
-                raise InterpError(f"--{name.replace('_', '-')} must be positive (got {value})")
+            check_finite(f"--{name.replace('_', '-')}", value, above=0)
+        non_negative = {"sparsity_coefficient": self.coefficient(), "aux_k_coefficient": self.aux_k_coefficient,
+                        "checkpoint_every": self.checkpoint_every, "outlier_ratio": self.outlier_ratio}
+        for name, value in non_negative.items():
+            check_finite(f"--{name.replace('_', '-')}", value, at_least=0)
+        for name in ("warmup_fraction", "decay_fraction", "sparsity_warmup_fraction"):
+            if not 0 <= check_finite(name, getattr(self, name)) <= 1:
+                raise InterpError(f"{name} must be in [0, 1] (got {getattr(self, name)})")
         if self.width is not None and self.width < 1:
             raise InterpError(f"--width must be positive (got {self.width})")
+        if self.width is not None:
+            self.d_sae(self.width)  # k against the width; train() checks it again once d_in is known
         if not 0 <= self.skip_positions < self.seq_len - 1:
             raise InterpError(f"skip_positions must be in [0, {self.seq_len - 1}) (got {self.skip_positions})")
         if not (self.outlier_ratio == 0 or self.outlier_ratio > 1):

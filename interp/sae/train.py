@@ -167,7 +167,8 @@ class Trainer:
             sae_in=x, coefficients={k: v * ramp for k, v in self.coefficients.items()},
             dead_neuron_mask=dead, n_training_steps=self.step, is_logging_step=False))
         out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
+        self._check_finite(out.loss, grad_norm)
         lr = lr_at(cfg, self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -188,6 +189,17 @@ class Trainer:
                     "mse": float(out.losses["mse_loss"]),
                     "l0": float(active.sum(-1).float().mean()), "explained_variance": float(1 - resid / total),
                     "dead_fraction": float(dead.float().mean()), "lr": lr}
+
+    def _check_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """Stop before a non-finite loss reaches the weights (it would leave a NaN SAE that looks trained).
+
+        Gradients are averaged over processes, so a non-finite loss in any process makes the gradient norm
+        non-finite in all of them: every process stops at the same step.
+        """
+        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+            raise InterpError(f"training stopped at step {self.step}: the loss became {float(loss.detach()):g}; "
+                              f"lower --lr (was {self.cfg.lr:g}) or --sparsity-coefficient, or --outlier-ratio to "
+                              "leave out more outlier tokens, and start again in a new --out")
 
     def fit(self, source: ActivationSource, on_checkpoint: Callable[[Trainer], None] | None = None) -> dict[str, float]:
         """Train until `cfg.steps`; returns the last step's statistics."""
