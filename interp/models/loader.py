@@ -42,6 +42,15 @@ def _build_atomically(folder: Path, build) -> Path:
     return folder
 
 
+def spec_name(spec: str) -> str:
+    """A model's short name: a built-in spec itself, else its folder name or `.gguf` file stem, so that the same
+    model loaded through another path (relative, absolute, a copy under the same name) keeps its name."""
+    if spec in SPECS:
+        return spec
+    path = Path(spec).expanduser()
+    return path.stem if path.suffix == ".gguf" else path.name
+
+
 def resolve_spec(spec: str) -> Path:
     """The local Hugging Face folder for `spec`, converting or building it on first use."""
     if spec == DEFAULT_MODEL:
@@ -133,5 +142,5 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype: torch.dtyp
     install_fast_paths(model)
     model.eval()
     model.cfg.spec = spec
-    model.cfg.model_name = Path(spec).stem if spec not in SPECS else spec
+    model.cfg.model_name = spec_name(spec)
     return model

@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
-from interp.errors import InterpError
+from interp.errors import InterpError, check_finite
 from interp.sae import transcoder
+from interp.models.loader import spec_name
 from interp.sae.activations import hook_dim
 
 CFG_FILE = "cfg.json"
@@ -74,9 +75,26 @@ def load_sae(path: str | Path, device: str = "cpu"):
     except Exception as e:  # safetensors errors, missing or misshapen tensors, unknown architecture
         raise InterpError(f"{folder / WEIGHTS_FILE} is truncated, corrupt or does not match {CFG_FILE} "
                           f"({type(e).__name__}); restore or retrain it") from None
+    check_loaded(folder, sae)
     sae.turn_off_forward_pass_hook_z_reshaping()
     sae.eval()
     return sae
+
+
+def check_loaded(folder: Path, sae) -> None:
+    """Raise a one-line error naming the file and field when an SAE loads but could only give meaningless
+    numbers: weights with NaN or inf, `k` outside [1, d_sae], norm limits that are not positive numbers."""
+    k = getattr(sae.cfg, "k", None)
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= sae.cfg.d_sae):
+        raise InterpError(f"{folder / CFG_FILE}: k must be a whole number from 1 to d_sae={sae.cfg.d_sae} "
+                          f"(got {k!r}); fix it or retrain the SAE")
+    for name in ("max_norm", "max_norm_out"):
+        value = getattr(sae.cfg.metadata, name, None)
+        if value is not None:
+            check_finite(f"{folder / CFG_FILE}: metadata.{name}", value, above=0)
+    for name, tensor in sae.state_dict().items():
+        if not torch.isfinite(tensor).all():
+            raise InterpError(f"{folder / WEIGHTS_FILE}: {name} holds NaN or inf; retrain the SAE or restore the file")
 
 
 def training_info(path: str | Path) -> dict[str, Any]:
@@ -105,7 +123,13 @@ def sae_hooks(sae, hook: str | None = None, hook_out: str | None = None) -> tupl
 
 
 def check_fits(model, sae, hook: str, hook_out: str | None) -> None:
-    """Raise when the SAE's widths do not match the model's activations at its hooks."""
+    """Raise unless `sae` fits `model`: the model an interp-trained SAE names (by `spec_name`, so a folder
+    copy of it under the same name fits; other SAEs name models by hub ids we cannot compare), the hooks
+    and their widths."""
+    trained_on, meta = sae.cfg.metadata.model_name, sae.cfg.metadata
+    current = getattr(model.cfg, "spec", model.cfg.model_name)
+    if getattr(meta, "interp_arch", None) and trained_on and spec_name(trained_on) != spec_name(current):
+        raise InterpError(f"the SAE was trained on {trained_on}, not {current}; pass --model {trained_on}")
     width = hook_dim(model, hook)
     if width != sae.cfg.d_in:
         raise InterpError(f"the SAE reads {sae.cfg.d_in}-wide activations but {hook} is {width} wide; "
