@@ -150,33 +150,36 @@ def test_fast_kernels_fire_the_same_hooks_with_the_same_values(fixture, exposed,
     assert len(with_pattern.keys()) == model.cfg.n_layers  # hooking the pattern takes the full path
 
 
-@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
-def test_fast_kernels_see_in_place_weight_edits_and_pass_gradients(fixture, request):
-    """Packed q/k/v weights and zero-bias shortcuts are cached; an in-place edit must invalidate them."""
-    from interp.models.fast import install_fast_paths, remove_fast_paths
+@pytest.mark.parametrize("how", ["data", "copy_"])
+@pytest.mark.parametrize("spec", ["tiny-llama", "tiny-gpt2"])
+def test_fast_kernels_see_every_weight_edit_and_pass_gradients(spec, how):
+    """Each parameter, edited through `.data` (no version counter sees that) or by `copy_` under
+    no_grad after a call that would fill any cache, counts on the next call: the fast model matches
+    TransformerLens's own code on the same weights, and so do the gradients of every parameter."""
+    from interp.models.fast import remove_fast_paths
 
-    model = request.getfixturevalue(fixture)
-    tokens = model.to_tokens("edits are seen")
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    try:
-        with torch.no_grad():
-            model(tokens)  # fills the caches
-            gen = torch.Generator().manual_seed(0)
-            for name in ("W_Q", "b_Q", "b_O"):
-                p = getattr(model.blocks[0].attn, name)
-                p.add_(0.5 * torch.randn(p.shape, generator=gen))
-            model.unembed.b_U.add_(1.0)
-            fast = model(tokens)
-            remove_fast_paths(model)
-            slow = model(tokens)
-            install_fast_paths(model)
-        torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
-        model.zero_grad()
-        model(tokens).sum().backward()
-        assert model.blocks[0].attn.W_Q.grad is not None and model.blocks[0].attn.W_Q.grad.abs().sum() > 0
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.load_state_dict(state)
+    fast, slow = load_model(spec), load_model(spec)
+    remove_fast_paths(slow)
+    tokens = fast.to_tokens("every edit is seen")
+    slow_params = dict(slow.named_parameters())
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in fast.named_parameters():
+            before = fast(tokens)
+            new = p + 0.5 * torch.randn(p.shape, generator=gen)
+            if how == "data":
+                p.data.copy_(new)
+            else:
+                p.copy_(new)
+            slow_params[name].copy_(new)
+            after = fast(tokens)
+            assert not torch.allclose(after, before), f"editing {name} should change the logits"
+            torch.testing.assert_close(after, slow(tokens), atol=1e-5, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+    fast(tokens).logsumexp(-1).sum().backward()
+    slow(tokens).logsumexp(-1).sum().backward()
+    for name, p in fast.named_parameters():
+        grad = slow_params[name].grad
+        torch.testing.assert_close(p.grad, grad, atol=1e-3, rtol=1e-3, msg=lambda m, n=name: f"{n}: {m}")
 
 
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
