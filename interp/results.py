@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -24,17 +26,25 @@ def register_result(cls: type[Result]) -> type[Result]:
     return cls
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """`value` as plain JSON data: tensors and arrays as (nested) lists, DataFrames as records, numpy scalars as
+    numbers, and NaN or inf as None, since JSON has no literal for them (`json.dumps(..., allow_nan=False)` holds)."""
     if isinstance(value, torch.Tensor):
-        return value.tolist()
+        value = value.detach().cpu()
+        finite = not value.is_floating_point() or bool(torch.isfinite(value).all())
+        return value.tolist() if finite else jsonable(value.tolist())
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
     if isinstance(value, pd.DataFrame):
-        return json.loads(value.to_json(orient="records"))
+        return json.loads(value.to_json(orient="records"))  # pandas writes NaN and inf as null
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return value.item()
+        return [jsonable(v) for v in value]
+    if isinstance(value, float):  # numpy float64 too
+        return float(value) if math.isfinite(value) else None
+    if hasattr(value, "item") and callable(value.item):  # other numpy scalars
+        return jsonable(value.item())
     return value
 
 
@@ -61,7 +71,7 @@ class Result:
     def to_dict(self) -> dict[str, Any]:
         """Everything as JSON-ready values (what `--json` prints)."""
         out = {"kind": self.kind}
-        out.update({f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)})
+        out.update({f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)})
         return out
 
     # -- storage -----------------------------------------------------------------------------
@@ -86,7 +96,7 @@ class Result:
                 value.to_parquet(folder / f"{f.name}.parquet")
                 meta["frames"].append(f.name)
             else:
-                meta["json"][f.name] = _jsonable(value)
+                meta["json"][f.name] = jsonable(value)
         if tensors:
             save_file(tensors, str(folder / "tensors.safetensors"))
         (folder / "result.json").write_text(json.dumps(meta, indent=1))
@@ -108,6 +118,9 @@ class Result:
         if target is Result:
             raise InterpError(f"{folder} holds a result of unknown kind {kind!r}; import the module that defines it")
         values: dict[str, Any] = dict(meta["json"])
+        for f in dataclasses.fields(target):  # a float field stored as null was NaN or inf
+            if f.type in ("float", float) and f.name in values and values[f.name] is None:
+                values[f.name] = math.nan
         if meta["tensors"] or meta["tensor_dicts"]:
             tensors = load_file(str(folder / "tensors.safetensors"))
             for name in meta["tensors"]:

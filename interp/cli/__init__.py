@@ -71,7 +71,9 @@ def _emit(results, args) -> None:
         payload = results[0].to_dict() if len(results) == 1 else {"results": [r.to_dict() for r in results]}
         if saved:
             payload["saved"] = saved if len(saved) > 1 else saved[0]
-        json.dump(payload, sys.stdout)
+        from interp.results import jsonable  # NaN and inf, also those a subclass's to_dict adds, as null
+
+        json.dump(jsonable(payload), sys.stdout, allow_nan=False)
         sys.stdout.write("\n")
     else:
         print("\n\n".join(r.summary() for r in results))
