@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from circuits.restore import BaseRun, Patch, Write, run_patches
-from interp.errors import InterpError
+from interp.errors import InterpError, check_finite
 from interp.hooks import attn_out, mlp_out, resid_post, resid_pre
 from interp.results import Result, register_result
 from interp.tokens import answer_token, encode, find_span, str_tokens
@@ -93,10 +93,9 @@ class Corruption:
 
 def resolve_noise_std(model, noise: float, noise_std: float | None) -> float:
     """`noise_std` if given, else `noise` x the embedding std of the built-in subjects."""
-    std = noise * embedding_noise_std(model) if noise_std is None else noise_std
-    if not std > 0:
-        raise InterpError(f"the noise scale must be positive (got {std}); pass --noise 3.0 or --noise-std 0.1")
-    return float(std)
+    if noise_std is not None:
+        return check_finite("--noise-std", noise_std, above=0)
+    return check_finite("--noise", noise, above=0) * embedding_noise_std(model)
 
 
 def prepare(model, prompt: str, subject: str, target: str | None, samples: int, window: int):

@@ -4,15 +4,20 @@ the numeric parameters of the analyses' Python APIs."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import math
 import shutil
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from interp.errors import InterpError
+from interp.results import Result
 from interp.sae import TrainConfig, load_sae, train
 from interp.sae.train import Trainer
 from test_sae import RESID, tiny_cfg
@@ -129,3 +134,100 @@ def test_the_same_model_loaded_from_its_folder_fits_its_sae(sae_dir, tiny_gpt2):
     io.check_fits(load_model(str(resolve_spec("tiny-llama"))), sae, RESID, None)
     with pytest.raises(InterpError, match="pass --model tiny-llama"):
         io.check_fits(tiny_gpt2, sae, RESID, None)
+
+
+# -- JSON output --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class NaNResult(Result):
+    kind = "nan_test"
+    score: float
+    scores: torch.Tensor
+    frame: pd.DataFrame
+    extra: dict
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.frame
+
+    def summary(self) -> str:
+        return "nan test"
+
+    def to_dict(self) -> dict:  # as TraceResult does: raw floats added after the base conversion
+        return {**super().to_dict(), "added": [NAN, 1.0]}
+
+
+def _nan_result() -> NaNResult:
+    return NaNResult(score=NAN, scores=torch.tensor([1.0, NAN, INF]), frame=pd.DataFrame({"x": [NAN, 1.0, -INF]}),
+                     extra={"a": np.float32("nan"), "b": [np.float64(INF), 2], "c": np.array([NAN, 0.5])})
+
+
+def test_to_dict_turns_nan_and_inf_into_null_in_floats_tensors_frames_and_numpy_values():
+    d = Result.to_dict(_nan_result())
+    assert d["score"] is None and d["scores"] == [1.0, None, None]
+    assert d["frame"] == [{"x": None}, {"x": 1.0}, {"x": None}]
+    assert d["extra"] == {"a": None, "b": [None, 2], "c": [None, 0.5]}
+    json.dumps(d, allow_nan=False)
+
+
+def test_cli_json_is_strict_json_even_for_values_a_subclass_adds(capsys):
+    from interp.cli import _emit
+
+    _emit(_nan_result(), argparse.Namespace(json=True, workspace=None, html=None))
+    out = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"{c} in --json output"))
+    assert out["score"] is None and out["added"] == [None, 1.0]
+
+
+def test_saved_result_json_is_strict_and_float_fields_read_back_as_nan(tmp_path):
+    _nan_result().write(tmp_path)
+    json.loads((tmp_path / "result.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in result.json"))
+    back = NaNResult.read(tmp_path)
+    assert math.isnan(back.score) and back.extra["c"] == [None, 0.5]
+    assert torch.equal(back.scores.isnan(), torch.tensor([False, True, False]))
+
+
+# -- numeric parameters of the analyses' Python APIs ------------------------------------------------------
+
+
+def _trace(**kw):
+    from circuits.tracing import trace
+
+    return lambda model: trace(model, "The Eiffel Tower is located in the city of", "Eiffel Tower", samples=2, **kw)
+
+
+def _massive(**kw):
+    from interp.outliers.massive import massive_activations
+
+    return lambda model: massive_activations(model, ["The Eiffel Tower is located in the city of"], **kw)
+
+
+def _memit(**kw):
+    from circuits.editing.memit import MEMITSettings, memit
+
+    request = {"prompt": "{} is located in the city of", "subject": "The Eiffel Tower", "target_new": "Rome"}
+    return lambda model: memit(model, [request], layers=[1], settings=MEMITSettings(**kw), progress=False)
+
+
+def _values(**kw):
+    from circuits.editing.optimize import ValueSettings
+
+    return lambda model: ValueSettings(**kw)
+
+
+@pytest.mark.parametrize("call, message", [
+    (_trace(noise=INF), r"--noise must be a finite number above 0 \(got inf\)"),
+    (_trace(noise=NAN), r"--noise must be a finite number above 0 \(got nan\)"),
+    (_trace(noise_std=INF), r"--noise-std must be a finite number above 0 \(got inf\)"),
+    (_massive(abs_threshold=INF), r"the magnitude threshold must be a finite number above 0"),
+    (_massive(ratio_threshold=NAN), r"the ratio-to-median threshold must be a finite number of at least 1"),
+    (_memit(mom2_update_weight=INF), r"mom2_update_weight must be a finite number of at least 0"),
+    (_values(lr=NAN), r"ValueSettings.lr must be a finite number above 0"),
+    (_values(kl_factor=INF), r"ValueSettings.kl_factor must be a finite number of at least 0"),
+], ids=["trace-noise-inf", "trace-noise-nan", "trace-noise-std-inf", "massive-abs-inf", "massive-ratio-nan",
+        "memit-lambda-inf", "values-lr-nan", "values-kl-inf"])
+def test_analysis_apis_refuse_non_finite_numbers_before_any_work(tiny_llama, call, message):
+    weights = {name: p.detach().clone() for name, p in tiny_llama.named_parameters()}
+    with pytest.raises(InterpError, match=message) as e:
+        call(tiny_llama)
+    assert "\n" not in str(e.value)
+    assert all(torch.equal(p, weights[name]) for name, p in tiny_llama.named_parameters())

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from interp.errors import check_finite
 from interp.hooks import resid_post
 
 from circuits.editing.context import context_templates
@@ -51,7 +52,9 @@ REFERENCE_D_MLP = 16_384  # GPT-J's MLP width, for which the reference lambdas w
 
 def update_weight(model, given: float | None, reference: float) -> float:
     """Lambda: `given` if set, else the reference's value at the same lambda / d_mlp ratio."""
-    return float(given) if given is not None else reference * model.cfg.d_mlp / REFERENCE_D_MLP
+    if given is not None:
+        return check_finite("mom2_update_weight", given, at_least=0)
+    return reference * model.cfg.d_mlp / REFERENCE_D_MLP
 
 
 def spread_update(

@@ -19,6 +19,8 @@ import sys
 import torch
 from tqdm.auto import tqdm
 
+from interp.errors import InterpError, check_finite
+
 from circuits.editing.context import PromptBatch, build_batch
 from circuits.editing.requests import EditRequest
 
@@ -27,7 +29,8 @@ KL_PROMPT = "{} is a"
 
 @dataclasses.dataclass(frozen=True)
 class ValueSettings:
-    """Hyperparameters of the value optimization (names follow the reference hparams)."""
+    """Hyperparameters of the value optimization (names follow the reference hparams); checked on creation,
+    since a NaN or inf here would be written into the model's weights."""
 
     lr: float = 0.5  # v_lr
     steps: int = 20  # v_num_grad_steps
@@ -35,6 +38,14 @@ class ValueSettings:
     weight_decay: float = 0.5  # v_weight_decay
     clamp: float = 4.0  # clamp_norm_factor
     stop_loss: float = 0.05
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "clamp"):
+            check_finite(f"ValueSettings.{name}", getattr(self, name), above=0)
+        for name in ("kl_factor", "weight_decay", "stop_loss"):
+            check_finite(f"ValueSettings.{name}", getattr(self, name), at_least=0)
+        if self.steps < 1:
+            raise InterpError(f"ValueSettings.steps must be at least 1 (got {self.steps})")
 
 
 @dataclasses.dataclass

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
-from interp.errors import InterpError
+from interp.errors import InterpError, check_finite
 from interp.outliers.common import (DEFAULT_BATCH, DEFAULT_SEQ_LEN, DEFAULT_TOKENS, Collector, Hook, TokenSource,
                                     hidden_state_names, model_name, run_collectors)
 from interp.results import Result, register_result
@@ -23,10 +23,8 @@ TOP_COLUMNS = ["layer", "rank", "value", "abs", "ratio", "dim", "seq", "position
 
 
 def check_thresholds(abs_threshold: float, ratio_threshold: float) -> None:
-    if not abs_threshold > 0:
-        raise InterpError(f"the magnitude threshold must be > 0, got {abs_threshold}")
-    if not ratio_threshold >= 1:
-        raise InterpError(f"the ratio-to-median threshold must be >= 1, got {ratio_threshold}")
+    check_finite("the magnitude threshold", abs_threshold, above=0)
+    check_finite("the ratio-to-median threshold", ratio_threshold, at_least=1)
 
 
 class MassiveCollector(Collector):
