@@ -35,6 +35,24 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def feature_id(layer: int, index: int, pos: int) -> str:
+    return f"{layer}_{index}_{pos}"
+
+
+def error_id(layer: int, pos: int) -> str:
+    """circuit-tracer's error id. It can equal a layer-0 feature's id (feature index = layer); the graph
+    builder renames such an error node `0_{layer}_{pos}_error` so that links stay unambiguous."""
+    return f"0_{layer}_{pos}"
+
+
+def embedding_id(token: int, pos: int) -> str:
+    return f"E_{token}_{pos}"
+
+
+def logit_id(n_layers: int, token: int, pos: int) -> str:
+    return f"{n_layers + 1}_{token}_{pos}"
+
+
 def node_row(node: dict[str, Any]) -> int:
     """The figure's row of a node: embeddings 0, layer l at l + 1, logits at n_layers + 1."""
     return 0 if node["layer"] == "E" else int(node["layer"]) + (node["feature_type"] != LOGIT)

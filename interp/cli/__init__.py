@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "interp.cli.sae",
     "interp.cli.trace",
     "interp.cli.patch",
+    "interp.cli.graph",
 ]
 
 
