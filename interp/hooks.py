@@ -6,6 +6,7 @@ The hook mechanism itself is TransformerLens's (`HookPoint`s, `run_with_cache`, 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from interp.errors import InterpError, suggest
@@ -46,6 +47,12 @@ def parse_layers(model, text: str | None) -> list[int]:
         except ValueError:
             raise InterpError(f"cannot read layers {text!r}; write 'all', '5', '3,7' or '4-8'") from None
     return [check_layer(model, layer) for layer in layers]
+
+
+def hook_layer(name: str) -> int | None:
+    """The block a hook belongs to (`blocks.3.ln2.hook_normalized` -> 3); None outside the blocks."""
+    match = re.match(r"blocks\.(\d+)\.", name)
+    return int(match.group(1)) if match else None
 
 
 def resid_post(layer: int) -> str:

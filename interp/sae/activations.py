@@ -12,6 +12,7 @@ few of them most of the variance that explained variance is measured against.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -23,12 +24,18 @@ from interp.streaming import stop_layer, stream_activations
 
 
 @torch.no_grad()
-def hook_dim(model, hook: str) -> int:
-    """Width of one token's activation at `hook` (heads concatenated), read off a 2-token pass."""
-    check_hook_names(model, [hook])
+def hook_dims(model, hooks: Sequence[str]) -> dict[str, int]:
+    """{hook: width of one token's activation there (heads concatenated)}, read off one 2-token pass."""
+    hooks = check_hook_names(model, hooks)
+    wanted = set(hooks)
     tokens = torch.zeros(1, 2, dtype=torch.long, device=model.cfg.device)
-    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == hook, stop_at_layer=stop_layer([hook]))
-    return int(cache[hook][0, 0].numel())
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted, stop_at_layer=stop_layer(hooks))
+    return {h: int(cache[h][0, 0].numel()) for h in hooks}
+
+
+def hook_dim(model, hook: str) -> int:
+    """Width of one token's activation at `hook` (heads concatenated)."""
+    return hook_dims(model, [hook])[hook]
 
 
 def flat_tokens(acts: torch.Tensor, skip_positions: int = 0) -> torch.Tensor:
@@ -65,7 +72,7 @@ def check_finite(rows: torch.Tensor, hook: str, where: str) -> None:
 
 
 class ActivationSource:
-    """Iterate rows [tokens, d_in (+ d_out)] forever; `epoch` and `batch_in_epoch` say where it is."""
+    """Iterate {hook: rows [tokens, width]} per model batch, forever; `epoch` and `batch_in_epoch` say where it is."""
 
     def __init__(self, model, hooks: list[str], corpus: Corpus, batch_size: int, seq_len: int,
                  skip_positions: int, epoch: int = 0, batch_in_epoch: int = 0):
@@ -73,18 +80,56 @@ class ActivationSource:
         self.batch_size, self.seq_len, self.skip_positions = batch_size, seq_len, skip_positions
         self.epoch, self.batch_in_epoch = epoch, batch_in_epoch
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         while True:
             stream = stream_activations(self.model, self.hooks, self.corpus, self.batch_size, self.seq_len,
                                         skip_batches=self.batch_in_epoch, progress=False)
             served = 0
             for _, acts in stream:
-                rows = torch.cat([flat_tokens(acts[h], self.skip_positions) for h in self.hooks], dim=-1)
-                check_finite(rows, " / ".join(self.hooks), f"epoch {self.epoch}, model batch {self.batch_in_epoch}")
+                rows = {h: flat_tokens(acts[h], self.skip_positions).float() for h in self.hooks}
+                for hook, value in rows.items():
+                    check_finite(value, hook, f"epoch {self.epoch}, model batch {self.batch_in_epoch}")
                 self.batch_in_epoch += 1
                 served += 1
-                yield rows.float()
+                yield rows
             if served == 0 and self.batch_in_epoch == 0:
                 raise InterpError(f"corpus {self.corpus.name!r} gives no full sequence; give it more text")
             self.epoch += 1
             self.batch_in_epoch = 0
+
+
+class SplitRows:
+    """One activation stream read by several SAEs: member i gets the rows of its own hooks side by side
+    ([input | target] for a transcoder), from the same model batches as every other member.
+
+    A model batch is read when a member has no rows waiting; the other members' rows of it wait for them.
+    Members that leave out different outlier tokens read at slightly different paces, so a few batches
+    may wait; they are part of the checkpoint, so a resumed run reads exactly what an uninterrupted one would.
+    """
+
+    def __init__(self, source: ActivationSource, member_hooks: Sequence[Sequence[str]]):
+        self.source, self.member_hooks = source, [list(h) for h in member_hooks]
+        self.waiting: list[deque[torch.Tensor]] = [deque() for _ in self.member_hooks]
+        self._batches: Iterator[dict[str, torch.Tensor]] | None = None
+
+    def member(self, i: int) -> Iterator[torch.Tensor]:
+        """Member i's rows, one model batch at a time, forever."""
+        while True:
+            if not self.waiting[i]:
+                self._read()
+            yield self.waiting[i].popleft()
+
+    def _read(self) -> None:
+        if self._batches is None:
+            self._batches = iter(self.source)
+        acts = next(self._batches)
+        for queue, hooks in zip(self.waiting, self.member_hooks):
+            queue.append(torch.cat([acts[h] for h in hooks], dim=-1) if len(hooks) > 1 else acts[hooks[0]])
+
+    def state(self, i: int) -> dict[str, torch.Tensor]:
+        """Member i's waiting rows, one tensor per model batch."""
+        return {f"waiting.{j}": rows for j, rows in enumerate(self.waiting[i])}
+
+    def load_state(self, i: int, tensors: dict[str, torch.Tensor]) -> None:
+        count = sum(1 for key in tensors if key.startswith("waiting."))
+        self.waiting[i] = deque(tensors[f"waiting.{j}"] for j in range(count))

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from sae_lens import TopKTrainingSAEConfig
 from sae_lens.registry import get_sae_training_class
 from sae_lens.saes.sae import SAEMetadata, TrainingSAE
 
 from interp.sae import transcoder
 from interp.sae.config import SAE_LENS_ARCH, TrainConfig
+from interp.sae.topk import SparseTopKTrainingSAE
 
 
 def training_sae(cfg: TrainConfig, d_in: int, d_out: int | None, metadata: dict[str, Any]) -> TrainingSAE:
@@ -17,6 +19,8 @@ def training_sae(cfg: TrainConfig, d_in: int, d_out: int | None, metadata: dict[
     arch = SAE_LENS_ARCH[cfg.arch]
     if cfg.is_transcoder:
         sae_cls, cfg_cls = transcoder.TRAINING_CLASSES[arch]
+    elif arch == "topk":
+        sae_cls, cfg_cls = SparseTopKTrainingSAE, TopKTrainingSAEConfig
     else:
         sae_cls, cfg_cls = get_sae_training_class(arch)
     warmup = int(cfg.steps * cfg.sparsity_warmup_fraction)

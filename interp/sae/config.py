@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from interp.errors import InterpError, check_finite
@@ -18,6 +19,10 @@ SAE_LENS_ARCH = {"relu": "standard", "topk": "topk", "batchtopk": "batchtopk", "
 K_ARCHS = ("topk", "batchtopk")  # architectures that keep k latents active
 # fields a resumed run may change without changing what it computes
 RESUME_FREE = ("checkpoint_every", "progress", "device")
+# fields every member of one run shares: they decide the activation stream and the step schedule
+SHARED = ("model", "corpus", "tokens", "batch_tokens", "lm_batch_size", "seq_len", "skip_positions", "buffer_tokens",
+          "mix_fraction", "norm_tokens", "checkpoint_every", "device", "progress")
+LAYER = "{l}"  # stands for the layer in hook templates: blocks.{l}.ln2.hook_normalized
 
 
 @dataclasses.dataclass
@@ -80,6 +85,9 @@ class TrainConfig:
 
     def check(self) -> TrainConfig:
         """Raise a one-line InterpError for settings that cannot work; return self."""
+        for name, hook in (("--hook", self.hook), ("--hook-out", self.hook_out)):
+            if hook is not None and LAYER in hook:
+                raise InterpError(f"{name} {hook!r} is a template; pass --layers (e.g. --layers all) to train one per layer")
         if self.arch not in ARCHS:
             raise InterpError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHS)}")
         if self.hook_out is not None and self.hook_out == self.hook:
@@ -127,3 +135,57 @@ class TrainConfig:
         """Names of fields that change what a run computes, where self and other differ."""
         a, b = self.to_dict(), other.to_dict()
         return sorted(k for k in a if k not in RESUME_FREE and a[k] != b[k])
+
+
+def check_template(hook: str, hook_out: str | None) -> None:
+    """Raise unless `hook` (and `hook_out`, when given) holds `{l}`, as one-per-layer training needs."""
+    if LAYER not in hook or (hook_out is not None and LAYER not in hook_out):
+        where = "--hook and --hook-out" if hook_out is not None else "--hook"
+        raise InterpError(f"--layers needs {LAYER} in {where} (e.g. 'blocks.{LAYER}.ln2.hook_normalized'); "
+                          "drop --layers to train one SAE")
+
+
+def layer_configs(layers: Sequence[int], **fields: Any) -> dict[str, TrainConfig]:
+    """One member per layer, named `layer-03`...: `{l}` in `hook` (and `hook_out`, when given) becomes the layer.
+
+    `fields` are TrainConfig fields, with hook templates such as hook="blocks.{l}.ln2.hook_normalized".
+    """
+    hook, hook_out = fields.get("hook", ""), fields.get("hook_out")
+    check_template(hook, hook_out)
+    if not layers:
+        raise InterpError("--layers names no layer; write 'all', '5', '3,7' or '4-8'")
+    members = {}
+    for layer in dict.fromkeys(layers):
+        hooks = {"hook": hook.replace(LAYER, str(layer))}
+        if hook_out is not None:
+            hooks["hook_out"] = hook_out.replace(LAYER, str(layer))
+        members[f"layer-{layer:02d}"] = TrainConfig(**{**fields, **hooks})
+    return members
+
+
+def sweep_configs(k: Sequence[int] = (), expansion: Sequence[float] = (), **fields: Any) -> dict[str, TrainConfig]:
+    """Members on one hook, one per value of `k` and of `expansion` (every pair when both have values):
+    named `k-16`, `expansion-4`, `k-16-expansion-4`."""
+    ks = list(dict.fromkeys(k)) or [None]
+    expansions = list(dict.fromkeys(expansion)) or [None]
+    members = {}
+    for k_value in ks:
+        for x in expansions:
+            parts = ([f"k-{k_value}"] if k_value is not None else []) + ([f"expansion-{x:g}"] if x is not None else [])
+            values = ({"k": k_value} if k_value is not None else {}) | ({"expansion": x} if x is not None else {})
+            members["-".join(parts)] = TrainConfig(**{**fields, **values})
+    return members
+
+
+def check_members(members: dict[str, TrainConfig]) -> None:
+    """Raise unless the members can share one activation stream: same `SHARED` fields, distinct names."""
+    if not members:
+        raise InterpError("no SAE to train; give a hook")
+    first_name, first = next(iter(members.items()))
+    for name, cfg in members.items():
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise InterpError(f"member name {name!r} is not a plain folder name; use letters, digits, '-', '_', '.'")
+        differ = [f for f in SHARED if getattr(cfg, f) != getattr(first, f)]
+        if differ:
+            raise InterpError(f"members {first_name} and {name} differ in {', '.join(differ)}; "
+                              "members of one run share the data stream and step schedule")

@@ -1,6 +1,9 @@
 """Trained SAEs and transcoders on disk: `cfg.json` + `sae_weights.safetensors` as sae-lens writes
 them (so `sae_lens.SAE.load_from_disk(DIR)` loads ours and we load theirs), plus `training.json`
 (our run config and final training statistics) and `sparsity.safetensors` (log10 latent density).
+
+A set (`interp sae train --layers ...` or a `--k`/`--expansion` sweep) is a folder of such folders,
+one per member, plus `set.json` listing them. Readers find members by their `cfg.json`, not by name.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 TRAINING_FILE = "training.json"
 SPARSITY_FILE = "sparsity.safetensors"
+SET_FILE = "set.json"
 
 
 def _place(tmp: Path, out: Path) -> None:
@@ -54,6 +58,23 @@ def save_trained(sae, out: Path, scale_in: float, scale_out: float, log_density:
     save_file({"sparsity": log_density.float().cpu()}, str(tmp / SPARSITY_FILE))
     (tmp / TRAINING_FILE).write_text(json.dumps(training, indent=1))
     _place(tmp, out)
+
+
+def write_set(out: Path, members: list[dict[str, Any]], info: dict[str, Any]) -> None:
+    """Write `out/set.json`: {"members": [{"name", "hook", "hook_out", "layer", ...}], **info}."""
+    tmp = Path(out) / f".{SET_FILE}.tmp"
+    tmp.write_text(json.dumps({"members": members, **info}, indent=1))
+    os.replace(tmp, Path(out) / SET_FILE)
+
+
+def set_members(path: str | Path) -> list[Path] | None:
+    """The member folders of the set at `path` (its subfolders holding a cfg.json, by name), or None when
+    `path` is one SAE folder itself."""
+    folder = Path(path)
+    if (folder / CFG_FILE).is_file() or not folder.is_dir():
+        return None
+    members = sorted(p for p in folder.iterdir() if p.is_dir() and (p / CFG_FILE).is_file())
+    return members or None
 
 
 def load_sae(path: str | Path, device: str = "cpu"):

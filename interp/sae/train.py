@@ -1,6 +1,8 @@
-"""Train an SAE or transcoder on a model's activations, with sae-lens's training SAE classes.
+"""Train SAEs and transcoders on a model's activations, with sae-lens's training SAE classes.
 
-One runner for all architectures and for 1..N processes: our activation stream -> outlier tokens
+One runner for all architectures, for 1..N processes and for 1..M SAEs at once (`train_set`: one
+member per layer or per setting, all fed from the same model forward passes; `train` is the
+one-member case). Per member: its rows of the shared activation stream -> outlier tokens
 left out (norm above `outlier_ratio` x the median, estimated on the first rows) -> a mixing buffer
 -> normalization to mean norm sqrt(d) (estimated on the first rows, folded into the weights at the
 end) -> sae-lens `training_forward_pass` (its losses, AuxK, thresholds) -> Adam with warm-up and
@@ -8,6 +10,8 @@ linear decay, gradient clipping at 1 as sae-lens does. Dead latents are tracked 
 and fed back to the architectures that use them (AuxK, pre-activation loss). Checkpoints are written
 every `checkpoint_every` tokens; `resume=True` continues from the last one and ends bit-for-bit
 where an uninterrupted run would, because the data order and the buffer's RNG are part of the state.
+A member of a set computes exactly what a `train` run of its own config computes (same rows, its own
+outlier limits, buffer and seed), so its weights are that run's.
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import resource
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +33,13 @@ from sae_lens.saes.sae import TrainCoefficientConfig, TrainStepInput
 from tqdm.auto import tqdm
 
 from interp.errors import InterpError
+from interp.hooks import hook_layer
 from interp.results import Result, register_result
 from interp.sae import checkpoint, distributed, io
-from interp.sae.activations import ActivationSource, hook_dim, norm_medians, within_limits
+from interp.sae.activations import ActivationSource, SplitRows, hook_dims, norm_medians, within_limits
 from interp.sae.buffer import MixingBuffer
 from interp.sae.build import training_sae
-from interp.sae.config import TrainConfig
+from interp.sae.config import TrainConfig, check_members
 from interp.sae.distributed import Dist
 
 CONFIG_FILE = "train_config.json"
@@ -82,6 +88,43 @@ class SAETrainResult(Result):
                 f"dead {self.dead_fraction:.1%}; {self.outliers_left_out:,} outlier tokens left out\nsaved to {self.out}")
 
 
+@register_result
+@dataclasses.dataclass
+class SAESetTrainResult(Result):
+    """Several SAEs trained from one pass over the model (`train_set`): one row per member."""
+
+    kind = "sae_set_train"
+    out: str
+    tokens: int
+    steps: int
+    processes: int
+    resumed_from_step: int
+    seconds: float
+    tokens_per_s: float
+    peak_memory_mb: float  # peak resident memory of this process
+    members: pd.DataFrame  # name, folder, hook, hook_out, layer, arch, k, d_sae, loss, l0, explained_variance, dead_fraction, outliers_left_out
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.members
+
+    def figure(self):
+        from plotly.subplots import make_subplots
+
+        fig = make_subplots(rows=1, cols=3, subplot_titles=("explained variance", "L0", "dead fraction"))
+        for i, col in enumerate(("explained_variance", "l0", "dead_fraction"), 1):
+            fig.add_bar(x=self.members["name"], y=self.members[col], name=col, row=1, col=i)
+        fig.update_layout(title=f"{len(self.members)} SAEs from one pass", showlegend=False)
+        return fig
+
+    def summary(self) -> str:
+        cols = ["name", "hook_out", "arch", "k", "d_sae", "l0", "explained_variance", "dead_fraction", "outliers_left_out"]
+        table = self.members[[c for c in cols if self.members[c].notna().any()]]
+        return (f"trained {len(self.members)} SAEs from one pass: {self.tokens:,} tokens, {self.steps} steps, "
+                f"{self.processes} process(es), {self.tokens_per_s:,.0f} tok/s, peak memory {self.peak_memory_mb:,.0f} MB\n"
+                f"{table.to_string(index=False, float_format=lambda v: f'{v:.3f}')}\n"
+                f"last batch of each; saved to {self.out}/<name>, listed in {io.SET_FILE}")
+
+
 def lr_at(cfg: TrainConfig, step: int) -> float:
     """Linear warm-up, constant, then linear decay to zero over the last `decay_fraction` of steps."""
     warm, decay = int(cfg.steps * cfg.warmup_fraction), int(cfg.steps * cfg.decay_fraction)
@@ -93,12 +136,16 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 class Trainer:
-    """State of one run in one process: the SAE, Adam, counters, buffer and normalization."""
+    """One SAE's training state in one process: the SAE, Adam, counters, buffer and normalization.
 
-    def __init__(self, cfg: TrainConfig, d_in: int, d_out: int | None, metadata: dict[str, Any], d: Dist = Dist()):
+    `name` is its member name in a set ('' alone); `folder` is where it is saved.
+    """
+
+    def __init__(self, cfg: TrainConfig, d_in: int, d_out: int | None, metadata: dict[str, Any], d: Dist = Dist(),
+                 name: str = "", folder: Path | None = None):
         if cfg.batch_tokens % d.world:
             raise InterpError(f"batch of {cfg.batch_tokens} tokens does not split over {d.world} processes; pick a multiple")
-        self.cfg, self.d, self.d_in = cfg, d, d_in
+        self.cfg, self.d, self.d_in, self.name, self.folder = cfg, d, d_in, name, folder
         self.sae = training_sae(cfg, d_in, d_out, metadata)
         self.forward = distributed.train_step_fn(self.sae, d)
         self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
@@ -115,6 +162,8 @@ class Trainer:
         self.buffer = MixingBuffer(cfg.buffer_tokens, cfg.batch_tokens // d.world, cfg.mix_fraction,
                                    seed=cfg.seed * 7919 + d.rank)
         self.history: list[dict[str, float]] = []
+        self.last: dict[str, float] = {}  # the last step's statistics
+        self._batches: Iterator[torch.Tensor] | None = None
 
     # -- data -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -197,41 +246,21 @@ class Trainer:
         non-finite in all of them: every process stops at the same step.
         """
         if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
-            raise InterpError(f"training stopped at step {self.step}: the loss became {float(loss.detach()):g}; "
+            raise InterpError(f"{self.name + ': ' if self.name else ''}training stopped at step {self.step}: the loss became {float(loss.detach()):g}; "
                               f"lower --lr (was {self.cfg.lr:g}) or --sparsity-coefficient, or --outlier-ratio to "
                               "leave out more outlier tokens, and start again in a new --out")
 
-    def fit(self, source: ActivationSource, on_checkpoint: Callable[[Trainer], None] | None = None) -> dict[str, float]:
-        """Train until `cfg.steps`; returns the last step's statistics."""
-        cfg = self.cfg
-        rows = iter(source)
+    def start(self, rows: Iterator[torch.Tensor]) -> None:
+        """Read this member's rows from `rows`: limits and normalization from the first ones (unless resumed)."""
         if self.scale_in is None:
             self._init_from_data(rows)
-        batches = self.buffer.batches(self._kept(r) for r in rows)
-        bar = tqdm(total=cfg.steps * cfg.batch_tokens, initial=self.step * cfg.batch_tokens, unit="tok",
-                   unit_scale=True, desc=f"train {cfg.arch}", file=sys.stderr, disable=not (cfg.progress and self.d.main),
-                   dynamic_ncols=True)
-        every = max(1, cfg.steps // 200)
-        stats: dict[str, float] = {}
-        try:
-            while self.step < cfg.steps:
-                stats = self._step(next(batches))
-                self.step += 1
-                bar.update(cfg.batch_tokens)
-                if self.step % every == 0 or self.step == cfg.steps:
-                    self.history.append(stats)
-                    bar.set_postfix(loss=f"{stats['loss']:.3g}", L0=f"{stats['l0']:.1f}",
-                                    EV=f"{stats['explained_variance']:.3f}", dead=f"{stats['dead_fraction']:.1%}")
-                if on_checkpoint is not None and self.step < cfg.steps and self._checkpoint_due():
-                    on_checkpoint(self)
-        finally:
-            bar.close()
-        return stats
+        self._batches = self.buffer.batches(self._kept(r) for r in rows)
 
-    def _checkpoint_due(self) -> bool:
-        """Whether the last step crossed a multiple of `checkpoint_every` tokens."""
-        every, batch = self.cfg.checkpoint_every, self.cfg.batch_tokens
-        return bool(every) and (self.step * batch) // every > ((self.step - 1) * batch) // every
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step on the next batch; returns its statistics."""
+        self.last = self._step(next(self._batches))
+        self.step += 1
+        return self.last
 
     # -- state ------------------------------------------------------------------------------
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -251,19 +280,68 @@ class Trainer:
         self.history = meta["history"]
 
 
-def _prepare_out(out: Path, cfg: TrainConfig, resume: bool, d: Dist) -> Path | None:
+def _checkpoint_due(cfg: TrainConfig, step: int) -> bool:
+    """Whether step `step` (1-based count of steps done) crossed a multiple of `checkpoint_every` tokens."""
+    every, batch = cfg.checkpoint_every, cfg.batch_tokens
+    return bool(every) and (step * batch) // every > ((step - 1) * batch) // every
+
+
+def _fit(trainers: list[Trainer], cfg: TrainConfig, d: Dist, on_checkpoint: Callable[[], None]) -> None:
+    """Step every member until `cfg.steps` (the schedule fields are shared), checkpointing on the way."""
+    desc = f"train {cfg.arch}" if len(trainers) == 1 else f"train {len(trainers)} SAEs"
+    bar = tqdm(total=cfg.steps * cfg.batch_tokens, initial=trainers[0].step * cfg.batch_tokens, unit="tok",
+               unit_scale=True, desc=desc, file=sys.stderr, disable=not (cfg.progress and d.main), dynamic_ncols=True)
+    every = max(1, cfg.steps // 200)
+    try:
+        while trainers[0].step < cfg.steps:
+            stats = [t.train_step() for t in trainers]
+            step = trainers[0].step
+            bar.update(cfg.batch_tokens)
+            if step % every == 0 or step == cfg.steps:
+                for t, row in zip(trainers, stats):
+                    t.history.append(row)
+                mean = {k: sum(row[k] for row in stats) / len(stats) for k in ("loss", "l0", "explained_variance", "dead_fraction")}
+                bar.set_postfix(loss=f"{mean['loss']:.3g}", L0=f"{mean['l0']:.1f}",
+                                EV=f"{mean['explained_variance']:.3f}", dead=f"{mean['dead_fraction']:.1%}")
+            if step < cfg.steps and _checkpoint_due(cfg, step):
+                on_checkpoint()
+    finally:
+        bar.close()
+
+
+def _prefixed(name: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"{name}/{k}" if name else k: v for k, v in tensors.items()}
+
+
+def _unprefixed(name: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if not name:
+        return tensors
+    return {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + "/")}
+
+
+def _read_run_config(path: Path) -> dict[str, TrainConfig]:
+    try:
+        data = json.loads(path.read_text())
+        return {name: TrainConfig.from_dict(cfg) for name, cfg in data["members"].items()}
+    except (ValueError, TypeError, KeyError, AttributeError, InterpError):
+        raise InterpError(f"{path} is unreadable; choose a new --out") from None
+
+
+def _prepare_out(out: Path, members: Mapping[str, TrainConfig], resume: bool) -> Path | None:
     """Check the output folder; returns the checkpoint to resume from (or None). Writes nothing."""
     config_file = out / CONFIG_FILE
     if (out / io.CFG_FILE).is_file():
         raise InterpError(f"{out} already holds a trained SAE; choose a new --out")
+    if (out / io.SET_FILE).is_file():
+        raise InterpError(f"{out} already holds a trained set of SAEs; choose a new --out")
     if config_file.is_file():
         if not resume:
             raise InterpError(f"{out} holds an unfinished run; pass --resume to continue it or choose a new --out")
-        try:
-            old = TrainConfig.from_dict(json.loads(config_file.read_text()))
-        except (ValueError, TypeError):
-            raise InterpError(f"{config_file} is unreadable; choose a new --out") from None
-        diff = cfg.differences(old)
+        old = _read_run_config(config_file)
+        if set(old) != set(members):
+            raise InterpError(f"{out} was started with other members ({', '.join(old) or 'one SAE'}); "
+                              "resume with the same settings or choose a new --out")
+        diff = sorted({field for name, cfg in members.items() for field in cfg.differences(old[name])})
         if diff:
             raise InterpError(f"{out} was started with other settings ({', '.join(diff)}); resume with the same settings or choose a new --out")
         return checkpoint.latest(out)
@@ -278,60 +356,122 @@ def train(model, cfg: TrainConfig, out: str | Path, resume: bool = False, corpus
     Run under torchrun, each process calls this with the same arguments (`d` from
     `distributed.setup`); process 0 writes the files.
     """
+    return _run(model, {"": cfg}, Path(out), resume, corpus, d)[0][0]
+
+
+def train_set(model, members: Mapping[str, TrainConfig], out: str | Path, resume: bool = False, corpus=None,
+              d: Dist | None = None) -> SAESetTrainResult:
+    """Train several SAEs from one pass over the model: member `name` is saved to `out/name` (an sae-lens
+    folder, as `train` writes), and `out/set.json` lists them.
+
+    Build `members` with `config.layer_configs` (one per layer) or `config.sweep_configs` (settings on one
+    hook). Members share the fields in `config.SHARED` (data stream and step schedule); each gets the
+    weights that `train` with its own config would give. Resume and torchrun work as for `train`.
+    """
+    out = Path(out)
+    results, seconds, tokens_per_s, peak = _run(model, dict(members), out, resume, corpus, d)
+    frame = pd.DataFrame([{
+        "name": name, "folder": r.out, "hook": r.hook, "hook_out": r.hook_out, "layer": hook_layer(r.hook),
+        "arch": r.arch, "k": members[name].k, "d_sae": r.d_sae, "loss": r.loss, "l0": r.l0,
+        "explained_variance": r.explained_variance, "dead_fraction": r.dead_fraction,
+        "outliers_left_out": r.outliers_left_out} for name, r in zip(members, results)])
+    first = results[0]
+    return SAESetTrainResult(out=str(out), tokens=first.tokens, steps=first.steps, processes=first.processes,
+                             resumed_from_step=first.resumed_from_step, seconds=seconds, tokens_per_s=tokens_per_s,
+                             peak_memory_mb=peak, members=frame)
+
+
+def _run(model, members: dict[str, TrainConfig], out: Path, resume: bool, corpus, d: Dist | None,
+         ) -> tuple[list[SAETrainResult], float, float, float]:
+    """Train `members` ({name: config}; the name '' saves to `out` itself) from one activation stream.
+
+    Returns (per-member results, seconds, tokens/s, peak resident memory in MB).
+    """
     from interp.corpus import load_corpus
 
     d = d or Dist()
-    cfg = dataclasses.replace(cfg.check(), model=getattr(model.cfg, "spec", cfg.model))
-    out = Path(out)
-    hooks = [cfg.hook] + ([cfg.hook_out] if cfg.hook_out else [])
-    d_in = hook_dim(model, cfg.hook)
-    d_out = hook_dim(model, cfg.hook_out) if cfg.hook_out else None
+    spec = getattr(model.cfg, "spec", None)
+    members = {name: dataclasses.replace(cfg, model=spec or cfg.model) for name, cfg in members.items()}
+    if list(members) != [""]:
+        check_members(members)
+    cfg = next(iter(members.values()))  # the shared fields
+    hooks = {name: [c.hook] + ([c.hook_out] if c.hook_out else []) for name, c in members.items()}
+    dims = hook_dims(model, list(dict.fromkeys(h for hs in hooks.values() for h in hs)))
     corpus = corpus if corpus is not None else load_corpus(cfg.corpus)
-    resume_from = _prepare_out(out, cfg, resume, d)
+    resume_from = _prepare_out(out, members, resume)
     distributed.barrier(d)
-    metadata = {"model_name": cfg.model, "hook_name": cfg.hook, "hook_name_out": cfg.hook_out,
-                "context_size": cfg.seq_len, "prepend_bos": False, "dataset_path": corpus.name,
-                "skip_positions": cfg.skip_positions, "interp_arch": cfg.arch}
-    trainer = Trainer(cfg, d_in, d_out, metadata, d)
-    source = ActivationSource(model, hooks, distributed.shard(corpus, d), cfg.lm_batch_size, cfg.seq_len, cfg.skip_positions)
+    trainers = []
+    for name, c in members.items():
+        metadata = {"model_name": c.model, "hook_name": c.hook, "hook_name_out": c.hook_out,
+                    "context_size": c.seq_len, "prepend_bos": False, "dataset_path": corpus.name,
+                    "skip_positions": c.skip_positions, "interp_arch": c.arch}
+        c.d_sae(dims[c.hook])  # k against the width, now that d_in is known
+        trainers.append(Trainer(c, dims[c.hook], dims[c.hook_out] if c.hook_out else None, metadata, d,
+                                name=name, folder=out / name if name else out))
+    source = ActivationSource(model, list(dims), distributed.shard(corpus, d), cfg.lm_batch_size, cfg.seq_len,
+                              cfg.skip_positions)
+    rows = SplitRows(source, list(hooks.values()))
     start_step = 0
     if resume_from is not None:
         tensors, meta, rank_tensors, rank_meta = checkpoint.load(resume_from, d)
-        trainer.load_state(tensors, meta)
-        trainer.buffer.load_state(rank_tensors)
         source.epoch, source.batch_in_epoch = rank_meta["epoch"], rank_meta["batch_in_epoch"]
-        trainer.excluded = rank_meta["excluded"]
-        start_step = trainer.step
+        for i, t in enumerate(trainers):
+            t.load_state(_unprefixed(t.name, tensors), meta["members"][t.name])
+            own = _unprefixed(t.name, rank_tensors)
+            t.buffer.load_state(_unprefixed("buffer", own))
+            rows.load_state(i, own)
+            t.excluded = rank_meta["members"][t.name]["excluded"]
+        start_step = trainers[0].step
     elif d.main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=1))
+        (out / CONFIG_FILE).write_text(json.dumps({"members": {n: c.to_dict() for n, c in members.items()}}, indent=1))
 
-    def save_checkpoint(t: Trainer) -> None:
-        tensors, meta = t.state()
-        rank_meta = {"epoch": source.epoch, "batch_in_epoch": source.batch_in_epoch, "excluded": t.excluded}
-        checkpoint.save(out, t.step, tensors, meta, t.buffer.state(), rank_meta, d)
+    def save_checkpoint() -> None:
+        tensors, meta, rank_tensors = {}, {"step": trainers[0].step, "world": d.world, "members": {}}, {}
+        rank_meta = {"epoch": source.epoch, "batch_in_epoch": source.batch_in_epoch, "members": {}}
+        for i, t in enumerate(trainers):
+            own, meta["members"][t.name] = t.state()
+            tensors.update(_prefixed(t.name, own))
+            rank_tensors.update(_prefixed(t.name, {**_prefixed("buffer", t.buffer.state()), **rows.state(i)}))
+            rank_meta["members"][t.name] = {"excluded": t.excluded}
+        checkpoint.save(out, trainers[0].step, tensors, meta, rank_tensors, rank_meta, d)
 
     started = time.perf_counter()
-    stats = trainer.fit(source, on_checkpoint=save_checkpoint)
+    for i, t in enumerate(trainers):
+        t.start(rows.member(i))
+    _fit(trainers, cfg, d, save_checkpoint)
     seconds = time.perf_counter() - started
-    density = trainer.fired / max(1, trainer.step * cfg.batch_tokens)
-    dead_fraction = float((trainer.since_fired >= cfg.dead_window_tokens).double().mean())
-    tokens_per_s = (trainer.step - start_step) * cfg.batch_tokens / max(seconds, 1e-9)
-    excluded = int(distributed.all_reduce(torch.tensor([float(trainer.excluded)], dtype=torch.float64), d))
-    training = {"config": cfg.to_dict(), "steps": trainer.step, "tokens": trainer.step * cfg.batch_tokens,
-                "processes": d.world, "scale_in": trainer.scale_in, "scale_out": trainer.scale_out,
-                "norm_limits": trainer.limits, "outlier_tokens_left_out": excluded,
-                "final": stats, "dead_fraction": dead_fraction, "tokens_per_s": tokens_per_s}
+    tokens_per_s = (trainers[0].step - start_step) * cfg.batch_tokens / max(seconds, 1e-9)
+    results = [_finish(t, d, start_step, seconds, tokens_per_s) for t in trainers]
     distributed.barrier(d)
     if d.main:
-        io.save_trained(trainer.sae, out, trainer.scale_in, trainer.scale_out, torch.log10(density + 1e-10), training)
+        if "" not in members:
+            io.write_set(out, [{"name": name, "hook": c.hook, "hook_out": c.hook_out, "layer": hook_layer(c.hook),
+                                "arch": c.arch, "k": c.k, "d_sae": r.d_sae} for (name, c), r in zip(members.items(), results)],
+                         {"model": cfg.model, "tokens": results[0].tokens, "processes": d.world,
+                          "seconds": seconds, "tokens_per_s": tokens_per_s})
         (out / CONFIG_FILE).unlink(missing_ok=True)
         shutil.rmtree(checkpoint.checkpoint_root(out), ignore_errors=True)
     distributed.barrier(d)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return results, seconds, tokens_per_s, peak_mb
+
+
+def _finish(t: Trainer, d: Dist, start_step: int, seconds: float, tokens_per_s: float) -> SAETrainResult:
+    """Save one member (process 0) and summarise it."""
+    cfg, stats = t.cfg, t.last
+    density = t.fired / max(1, t.step * cfg.batch_tokens)
+    dead_fraction = float((t.since_fired >= cfg.dead_window_tokens).double().mean())
+    excluded = int(distributed.all_reduce(torch.tensor([float(t.excluded)], dtype=torch.float64), d))
+    training = {"config": cfg.to_dict(), "steps": t.step, "tokens": t.step * cfg.batch_tokens,
+                "processes": d.world, "scale_in": t.scale_in, "scale_out": t.scale_out,
+                "norm_limits": t.limits, "outlier_tokens_left_out": excluded,
+                "final": stats, "dead_fraction": dead_fraction, "tokens_per_s": tokens_per_s}
+    if d.main:
+        io.save_trained(t.sae, t.folder, t.scale_in, t.scale_out, torch.log10(density + 1e-10), training)
     return SAETrainResult(
-        out=str(out), arch=cfg.arch, hook=cfg.hook, hook_out=cfg.hook_out, d_in=d_in, d_sae=trainer.sae.cfg.d_sae,
-        tokens=trainer.step * cfg.batch_tokens, steps=trainer.step, processes=d.world, resumed_from_step=start_step,
+        out=str(t.folder), arch=cfg.arch, hook=cfg.hook, hook_out=cfg.hook_out, d_in=t.d_in, d_sae=t.sae.cfg.d_sae,
+        tokens=t.step * cfg.batch_tokens, steps=t.step, processes=d.world, resumed_from_step=start_step,
         seconds=seconds, tokens_per_s=tokens_per_s, loss=stats.get("loss", float("nan")), l0=stats.get("l0", float("nan")),
         explained_variance=stats.get("explained_variance", float("nan")), dead_fraction=dead_fraction,
-        outliers_left_out=excluded,
-        history=pd.DataFrame(trainer.history))
+        outliers_left_out=excluded, history=pd.DataFrame(t.history))

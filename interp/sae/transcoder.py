@@ -34,6 +34,8 @@ from sae_lens.saes.topk_sae import TopK
 from sae_lens.saes.transcoder import Transcoder, TranscoderConfig
 from torch import nn
 
+from interp.sae.topk import SparseTopKTraining
+
 # training architecture -> the sae-lens inference architecture a saved transcoder loads as
 INFERENCE_ARCH = {"standard": "transcoder", "topk": "topk_transcoder", "batchtopk": "jumprelu_transcoder",
                   "jumprelu": "jumprelu_transcoder"}
@@ -64,11 +66,14 @@ class _TranscoderTraining:
         x = sae_in[..., : self.cfg.d_in].to(self.dtype)
         return self.run_time_activation_norm_fn_in(self.hook_sae_input(x))
 
+    def _target(self, packed: torch.Tensor) -> torch.Tensor:
+        return packed[..., self.cfg.d_in:]
+
     def _target_mse(self, preds: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
-        return mse_loss(preds, packed[..., self.cfg.d_in:])
+        return mse_loss(preds, self._target(packed))
 
     def calculate_aux_loss(self, step_input: TrainStepInput, feature_acts, hidden_pre, sae_out):
-        target_only = dataclasses.replace(step_input, sae_in=step_input.sae_in[..., self.cfg.d_in:])
+        target_only = dataclasses.replace(step_input, sae_in=self._target(step_input.sae_in))
         return super().calculate_aux_loss(target_only, feature_acts, hidden_pre, sae_out)
 
     @torch.no_grad()
@@ -105,7 +110,7 @@ class StandardTranscoderTraining(_TranscoderTraining, StandardTrainingSAE):
     pass
 
 
-class TopKTranscoderTraining(_TranscoderTraining, TopKTrainingSAE):
+class TopKTranscoderTraining(_TranscoderTraining, SparseTopKTraining, TopKTrainingSAE):
     pass
 
 
