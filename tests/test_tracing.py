@@ -107,7 +107,7 @@ def test_bad_input(tiny_llama):
         trace(tiny_llama, PROMPT, SUBJECT, window=0)
     with pytest.raises(InterpError, match="kind"):
         trace(tiny_llama, PROMPT, SUBJECT, kinds=("mlps",))
-    with pytest.raises(InterpError, match="positive"):
+    with pytest.raises(InterpError, match="--noise-std must be a finite number above 0"):
         trace(tiny_llama, PROMPT, SUBJECT, noise_std=0.0)
     with pytest.raises(InterpError, match="no probability"):
         check_answer_prob(tiny_llama, 5, 0.0)
