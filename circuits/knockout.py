@@ -91,9 +91,12 @@ class KnockoutResult(Result):
     def figure(self):
         import plotly.graph_objects as go
 
-        fig = go.Figure([go.Scatter(y=v.tolist(), mode="lines+markers", name=f"last -> {s}")
+        from interp.plotting import escape_label
+
+        fig = go.Figure([go.Scatter(y=v.tolist(), mode="lines+markers", name=escape_label(f"last -> {s}"))
                          for s, v in self.change.items()])
-        fig.update_layout(title=f"Attention knockout ({self.window}-layer windows): change of p({self.answer!r})",
+        fig.update_layout(title=escape_label(f"Attention knockout ({self.window}-layer windows): "
+                                             f"change of p({self.answer!r})"),
                           xaxis_title="layer (window centre)", yaxis_title="% change of probability")
         return fig
 

@@ -222,20 +222,24 @@ class PatchResult(Result):
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
+        from interp.plotting import escape_label
+
         sites = list(self.logit_diff)
+        names = [escape_label(s) for s in sites]
         fig = make_subplots(rows=2, cols=len(sites), vertical_spacing=0.12,
-                            subplot_titles=[f"{s}: exact" for s in sites] + [f"{s}: attribution" for s in sites])
-        for col, site in enumerate(sites, start=1):
+                            subplot_titles=[f"{s}: exact" for s in names] + [f"{s}: attribution" for s in names])
+        for col, (site, name) in enumerate(zip(sites, names), start=1):
             for row, grid in ((1, self.logit_diff[site]), (2, self.attribution[site])):
                 fig.add_trace(go.Heatmap(
-                    z=grid.T.tolist(), x=list(range(grid.shape[0])), y=self._columns(site), colorscale="RdBu",
+                    z=grid.T.tolist(), x=list(range(grid.shape[0])),
+                    y=[escape_label(c) for c in self._columns(site)], colorscale="RdBu",
                     zmid=0, zmin=-1, zmax=1, showscale=(row, col) == (1, 1),
-                    hovertemplate=f"{site}<br>layer %{{x}}<br>%{{y}}<br>%{{z:.3f}}<extra></extra>"), row, col)
+                    hovertemplate=f"{name}<br>layer %{{x}}<br>%{{y}}<br>%{{z:.3f}}<extra></extra>"), row, col)
                 fig.update_yaxes(autorange="reversed", row=row, col=col)
                 fig.update_xaxes(title_text="layer", row=row, col=col)
         fig.update_layout(height=900, width=380 * len(sites),
-                          title=f"Activation patching, clean -> corrupted: normalised logit diff "
-                                f"{self.answer!r} - {self.foil!r} (1 = clean)")
+                          title=escape_label(f"Activation patching, clean -> corrupted: normalised logit diff "
+                                             f"{self.answer!r} - {self.foil!r} (1 = clean)"))
         return fig
 
     def summary(self) -> str:

@@ -259,8 +259,10 @@ class TraceResult(Result):
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
+        from interp.plotting import escape_label
+
         kinds = list(self.scores)
-        labels = _marked(self.tokens, self.subject_range)
+        labels = [escape_label(label) for label in _marked(self.tokens, self.subject_range)]
         fig = make_subplots(rows=1, cols=len(kinds), shared_yaxes=True, horizontal_spacing=0.06,
                             subplot_titles=[f"{_TITLES[k]} ({k})" for k in kinds])
         for i, kind in enumerate(kinds, start=1):
@@ -273,8 +275,8 @@ class TraceResult(Result):
         fig.update_yaxes(autorange="reversed")
         first = " (first token of the target)" if self.target_multi_token else ""
         fig.update_layout(height=140 + 28 * len(self.tokens), width=420 * len(kinds),
-                          title=f"Causal trace: p({self.answer!r}){first} clean {self.high:.3f}, "
-                                f"corrupted {self.low:.3f}; subject tokens marked *")
+                          title=escape_label(f"Causal trace: p({self.answer!r}){first} clean {self.high:.3f}, "
+                                             f"corrupted {self.low:.3f}; subject tokens marked *"))
         return fig
 
     def summary(self) -> str:

@@ -25,10 +25,11 @@ from dash.exceptions import PreventUpdate
 
 from dashboards.components import graph, message, token_strip
 from dashboards.context import Context
-from dashboards.figures import attention_heatmap, attention_multiples, plot_text, sink_map
+from dashboards.figures import attention_heatmap, attention_multiples, sink_map
 from dashboards.views import entry_key, figure_section, find_entry, register_view, summary_section, table_section
 from interp.errors import InterpError
 from interp.hooks import check_layer, pattern
+from interp.plotting import escape_label
 from interp.results import Result, register_result
 from interp.tokens import encode, str_tokens
 from interp.workspace import Entry, Workspace
@@ -246,8 +247,8 @@ def register_attention_callbacks(app: Dash, ctx: Context) -> None:
         try:
             patterns = source_layer(ctx, source, layer)
         except InterpError as e:  # e.g. the saved patterns were deleted meanwhile
-            return go.Figure(layout={"title": plot_text(str(e))}), None
-        label = plot_text(source["prompt"][:60])
+            return go.Figure(layout={"title": escape_label(str(e))}), None
+        label = escape_label(source["prompt"][:60])
         if head in (None, "all") or int(head) >= patterns.shape[0]:
             fig = attention_multiples(patterns, f"layer {layer}, all heads: {label}", show_first)
             hover, hover_label = patterns.mean(0), f"layer {layer}, mean over heads"

@@ -1,30 +1,21 @@
 """Plotly figure builders for the dashboard, and standalone offline HTML export.
 
 Token strings are untrusted and plotly reads a few HTML-like tags in labels (`<br>`, `<a>`, `<b>`),
-so every token that goes into a label passes through `plot_text` first. Large grids are given to
+so every token that goes into a label passes through `interp.plotting.escape_label` first. Large grids are given to
 plotly as numpy arrays, which plotly sends to the browser as compact base64 typed arrays.
 """
 
 from __future__ import annotations
 
-import html
 import math
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from interp.plotting import escape_label, token_labels
+
 BLUES = "Blues"
-
-
-def plot_text(text: str) -> str:
-    """`text` escaped so that plotly shows it literally (no tags, no links)."""
-    return html.escape(text.replace("\n", "\\n"), quote=False)
-
-
-def token_labels(tokens: list[str], start: int = 0) -> list[str]:
-    """Unique axis labels 'i:token' (plotly merges equal category labels)."""
-    return [f"{i}:{plot_text(t)}" for i, t in enumerate(tokens[start:], start)]
 
 
 def standalone_html(fig: go.Figure | dict) -> str:
@@ -106,7 +97,7 @@ def logit_bars(top: list[str], top_values: list[float], bottom: list[str], botto
     """The tokens a feature promotes most and least (its decoder direction through the unembedding)."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("bottom logits", "top logits"), horizontal_spacing=0.15)
     for col, (toks, vals, colour) in enumerate([(bottom, bottom_values, "#d62728"), (top, top_values, "#1f77b4")], 1):
-        labels = [f"{i}:{plot_text(t)}" for i, t in enumerate(toks)]
+        labels = token_labels(toks)
         fig.add_trace(go.Bar(x=list(vals), y=labels, orientation="h", marker_color=colour,
                              hovertemplate="%{y}: %{x:.3f}<extra></extra>"), 1, col)
         fig.update_yaxes(autorange="reversed", showticklabels=True, row=1, col=col)
@@ -125,5 +116,5 @@ def tensor_figure(name: str, values: np.ndarray) -> go.Figure | None:
         fig.update_yaxes(autorange="reversed")
     else:
         return None
-    fig.update_layout(title=plot_text(name), height=400)
+    fig.update_layout(title=escape_label(name), height=400)
     return fig

@@ -34,8 +34,11 @@ class ModelInfo(Result):
     def figure(self):
         import plotly.graph_objects as go
 
+        from interp.plotting import escape_label
+
         sizes = {k: getattr(self, k) for k in ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_mlp")}
-        return go.Figure(go.Bar(x=list(sizes), y=list(sizes.values())), layout_title_text=f"shape of {self.model}")
+        return go.Figure(go.Bar(x=list(sizes), y=list(sizes.values())),
+                         layout_title_text=escape_label(f"shape of {self.model}"))
 
     def summary(self) -> str:
         return "\n".join([self.to_frame().to_string(header=False), *self.hooks])

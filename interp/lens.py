@@ -48,16 +48,23 @@ class LensResult(Result):
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
+        from interp.plotting import escape_label, token_labels
+
+        layers = [escape_label(layer) for layer in self.layers]
         fig = make_subplots(rows=1, cols=3, column_widths=[0.45, 0.25, 0.3], subplot_titles=(
-            "top-1 token per layer and position", f"P({self.answer!r}) per layer", "direct logit attribution"))
+            "top-1 token per layer and position", escape_label(f"P({self.answer!r}) per layer"),
+            "direct logit attribution"))
         fig.add_trace(go.Heatmap(
-            z=self.grid_probs.tolist(), x=[f"{i}:{t}" for i, t in enumerate(self.tokens)], y=self.layers,
-            text=self.grid_tokens, texttemplate="%{text}", colorscale="Blues", showscale=False,
+            z=self.grid_probs.tolist(), x=token_labels(self.tokens), y=layers,
+            text=[[escape_label(t) for t in row] for row in self.grid_tokens], texttemplate="%{text}",
+            colorscale="Blues", showscale=False,
             hovertemplate="layer %{y}<br>position %{x}<br>top %{text} p=%{z:.3f}<extra></extra>"), 1, 1)
-        fig.add_trace(go.Scatter(x=self.answer_prob.tolist(), y=self.layers, mode="lines+markers",
+        fig.add_trace(go.Scatter(x=self.answer_prob.tolist(), y=layers, mode="lines+markers",
                                  name="probability"), 1, 2)
-        fig.add_trace(go.Bar(x=self.dla_labels, y=self.dla.tolist(), name="logit"), 1, 3)
-        fig.update_layout(title=f"Logit lens: {self.prompt!r} -> {self.answer!r}", height=700, showlegend=False)
+        fig.add_trace(go.Bar(x=[escape_label(label) for label in self.dla_labels], y=self.dla.tolist(),
+                             name="logit"), 1, 3)
+        fig.update_layout(title=escape_label(f"Logit lens: {self.prompt!r} -> {self.answer!r}"), height=700,
+                          showlegend=False)
         return fig
 
     def summary(self) -> str:

@@ -69,14 +69,16 @@ class SteeringResult(Result):
     def figure(self):
         import plotly.graph_objects as go
 
+        from interp.plotting import escape_label
+
         fig = go.Figure()
         for statements, rows in self.frame.groupby("statements"):
             fig.add_trace(go.Bar(x=rows.condition, y=rows["shift"], name=f"{statements} statements",
                                  error_y=dict(type="data", array=(1.96 * rows.shift_se).tolist())))
         a, b = self.answers
-        fig.update_layout(barmode="group", yaxis_title=f"change of logit({a!r}) - logit({b!r})",
-                          title=f"Steering with the {self.method} direction of {self.dataset} at layers "
-                                f"{self.layers} (alpha {self.alpha}); bars: 95% intervals")
+        fig.update_layout(barmode="group", yaxis_title=escape_label(f"change of logit({a!r}) - logit({b!r})"),
+                          title=escape_label(f"Steering with the {self.method} direction of {self.dataset} at "
+                                             f"layers {self.layers} (alpha {self.alpha}); bars: 95% intervals"))
         return fig
 
     def summary(self) -> str:

@@ -70,6 +70,8 @@ class ProbeSweepResult(Result):
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
+        from interp.plotting import escape_label
+
         binary = [m for m in self.methods if m != "ridge"]
         titles = ("accuracy", "AUROC") if binary else ("R^2", "Pearson r")
         fig = make_subplots(rows=1, cols=2, subplot_titles=titles)
@@ -84,7 +86,8 @@ class ProbeSweepResult(Result):
                     legendgroup=f"{method}-{ev}", showlegend=col == 1,
                     line=dict(dash="solid" if ev == "cv" else "dash")), 1, col)
         fig.update_xaxes(title_text="layer")
-        fig.update_layout(title=f"Probes on {self.dataset} ({self.position} token), {self.model}", height=450)
+        fig.update_layout(title=escape_label(f"Probes on {self.dataset} ({self.position} token), {self.model}"),
+                          height=450)
         return fig
 
     def summary(self) -> str:

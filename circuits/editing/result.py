@@ -42,6 +42,8 @@ class EditResult(Result):
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
+        from interp.plotting import escape_label
+
         table = self.scores()
         fig = make_subplots(rows=1, cols=2, column_widths=[0.4, 0.6], subplot_titles=(
             "scores (mean over cases)", "per case: P(new) - P(true) on the rewrite prompt"))
@@ -49,9 +51,9 @@ class EditResult(Result):
             names = [*METRICS, "score"]
             fig.add_trace(go.Bar(x=names, y=[row[n] for n in names], name=phase), 1, 1)
         for phase, part in self.cases.groupby("phase", sort=False):
-            fig.add_trace(go.Bar(x=[str(c) for c in part["case_id"]], y=part["efficacy_magnitude"],
+            fig.add_trace(go.Bar(x=[escape_label(c) for c in part["case_id"]], y=part["efficacy_magnitude"],
                                  name=f"{phase} magnitude"), 1, 2)
-        fig.update_layout(title=f"{self.method.upper()} at layers {self.layers} on {self.model}",
+        fig.update_layout(title=escape_label(f"{self.method.upper()} at layers {self.layers} on {self.model}"),
                           barmode="group", height=500)
         return fig
 

@@ -247,9 +247,11 @@ class CheckpointResult(Result):
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
+        from interp.plotting import escape_label
+
         c = self.checkpoints
         steps_known = c["step"].notna().all()
-        x = c["step"].tolist() if steps_known else [Path(s).name for s in c["checkpoint"]]
+        x = c["step"].tolist() if steps_known else [escape_label(Path(s).name) for s in c["checkpoint"]]
         fig = make_subplots(rows=2, cols=3, subplot_titles=(
             "largest |h| (any layer)", "largest ratio to the median", "first-token sink rate and attention",
             "first-token residual and value norm ratios", "perplexity", "log10 ratio top/median per layer"))
@@ -268,7 +270,7 @@ class CheckpointResult(Result):
                                  y=grid.index.tolist(), colorscale="Viridis", colorbar=dict(title="log10")), 2, 3)
         for row, col in [(1, 1), (1, 2), (2, 1), (2, 2)]:
             fig.update_yaxes(type="log", row=row, col=col)
-        fig.update_layout(title=f"Emergence of extreme-token phenomena ({self.source})", height=800)
+        fig.update_layout(title=escape_label(f"Emergence of extreme-token phenomena ({self.source})"), height=800)
         return fig
 
 

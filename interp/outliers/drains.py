@@ -117,8 +117,10 @@ class DrainResult(Result):
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
+        from interp.plotting import escape_label, token_labels
+
         frame = self.to_frame()
-        labels = [f"{i}:{t}" for i, t in enumerate(self.example_tokens)]
+        labels = token_labels(self.example_tokens)
         fig = make_subplots(rows=1, cols=3, subplot_titles=(
             "first token / others, per layer", "value norm after W_O (mean over heads), first sequence",
             "residual norm (log10), first sequence"))
@@ -133,7 +135,8 @@ class DrainResult(Result):
                                  showscale=False), 1, 2)
         fig.add_trace(go.Heatmap(z=self.example_resid_norm.clamp(min=1e-6).log10().tolist(), x=labels,
                                  y=list(range(self.resid_norm.shape[0])), colorscale="Viridis"), 1, 3)
-        fig.update_layout(title=f"Value drains and residual peaks in {self.model} ({self.source})", height=600)
+        fig.update_layout(title=escape_label(f"Value drains and residual peaks in {self.model} ({self.source})"),
+                          height=600)
         return fig
 
 

@@ -111,10 +111,13 @@ class InterventionResult(Result):
     def figure(self):
         import plotly.graph_objects as go
 
+        from interp.plotting import escape_label
+
         frame = self.to_frame()
-        fig = go.Figure(go.Bar(x=frame["mode"], y=frame["perplexity"], text=frame["perplexity"].map("{:,.2f}".format)))
+        fig = go.Figure(go.Bar(x=[escape_label(m) for m in frame["mode"]], y=frame["perplexity"],
+                               text=frame["perplexity"].map("{:,.2f}".format)))
         fig.update_yaxes(type="log", title_text="perplexity")
-        fig.update_layout(title=f"Intervening on massive activations in {self.model} ({self.source})")
+        fig.update_layout(title=escape_label(f"Intervening on massive activations in {self.model} ({self.source})"))
         return fig
 
 

@@ -190,23 +190,25 @@ class MassiveResult(Result):
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
+        from interp.plotting import escape_label, token_labels
+
         fig = make_subplots(rows=1, cols=2, column_widths=[0.4, 0.6], subplot_titles=(
             "largest magnitudes and median per layer", "max |h| over dims, first sequence (log10)"))
         layers = list(range(len(self.median)))
         for rank in range(1, min(3, int(self.top["rank"].max())) + 1):
             rows = self.top[self.top["rank"] == rank]
             fig.add_trace(go.Scatter(x=rows["layer"], y=rows["abs"], mode="lines+markers", name=f"top {rank}",
-                                     text=[f"dim {d}, pos {p}, {t!r}" for d, p, t in
+                                     text=[escape_label(f"dim {d}, pos {p}, {t!r}") for d, p, t in
                                            zip(rows["dim"], rows["position"], rows["token"])]), 1, 1)
         fig.add_trace(go.Scatter(x=layers, y=self.median.tolist(), mode="lines+markers", name="median"), 1, 1)
         fig.update_yaxes(type="log", title_text="|h|", row=1, col=1)
         fig.update_xaxes(title_text="layer", row=1, col=1)
         fig.add_trace(go.Heatmap(
             z=self.example_max.clamp(min=1e-6).log10().tolist(), y=layers,
-            x=[f"{i}:{t}" for i, t in enumerate(self.example_tokens)], colorscale="Viridis",
+            x=token_labels(self.example_tokens), colorscale="Viridis",
             colorbar=dict(title="log10 |h|"),
             hovertemplate="layer %{y}<br>token %{x}<br>log10 max|h| %{z:.2f}<extra></extra>"), 1, 2)
-        fig.update_layout(title=f"Massive activations in {self.model} ({self.source})", height=600)
+        fig.update_layout(title=escape_label(f"Massive activations in {self.model} ({self.source})"), height=600)
         return fig
 
 

@@ -167,6 +167,8 @@ class SecondaryResult(Result):
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
+        from interp.plotting import escape_label, token_labels
+
         fig = make_subplots(rows=1, cols=2, column_widths=[0.3, 0.7], subplot_titles=(
             "secondary sinks alive per layer (per sequence)", "|cos| with the first token, first sequence"))
         alive = self.per_layer()
@@ -174,10 +176,10 @@ class SecondaryResult(Result):
                              name="alive"), 1, 1)
         fig.add_trace(go.Heatmap(
             z=self.example_cos.abs().tolist(), y=self.layers, zmin=0, zmax=1, colorscale="Purples",
-            x=[f"{i}:{t}" for i, t in enumerate(self.example_tokens)],
+            x=token_labels(self.example_tokens),
             hovertemplate="layer %{y}<br>token %{x}<br>|cos| %{z:.3f}<extra></extra>"), 1, 2)
         fig.update_yaxes(title_text="layer", row=1, col=1)
-        fig.update_layout(title=f"Secondary sinks in {self.model} ({self.source})", height=600)
+        fig.update_layout(title=escape_label(f"Secondary sinks in {self.model} ({self.source})"), height=600)
         return fig
 
 

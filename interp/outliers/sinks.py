@@ -116,6 +116,8 @@ class SinkResult(Result):
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
+        from interp.plotting import escape_label, token_labels
+
         frame = self.to_frame()
         L, H = self.first_rate.shape
         fig = make_subplots(rows=1, cols=3, column_widths=[0.25, 0.25, 0.5], subplot_titles=(
@@ -130,11 +132,11 @@ class SinkResult(Result):
                                  name="attention to first token"), 1, 2)
         fig.add_trace(go.Heatmap(
             z=self.example_importance.mean(1).tolist(), y=list(range(L)),
-            x=[f"{i}:{t}" for i, t in enumerate(self.example_tokens)], zmin=0, zmax=1, colorscale="Reds",
+            x=token_labels(self.example_tokens), zmin=0, zmax=1, colorscale="Reds",
             hovertemplate="layer %{y}<br>token %{x}<br>alpha %{z:.3f}<extra></extra>"), 1, 3)
         fig.update_xaxes(title_text="head", row=1, col=1)
         fig.update_yaxes(title_text="layer", row=1, col=1)
-        fig.update_layout(title=f"Attention sinks in {self.model} ({self.source})", height=600)
+        fig.update_layout(title=escape_label(f"Attention sinks in {self.model} ({self.source})"), height=600)
         return fig
 
 

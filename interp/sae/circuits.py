@@ -49,11 +49,13 @@ class TranscoderAttribution(Result):
     def figure(self):
         import plotly.graph_objects as go
 
+        from interp.plotting import escape_label
+
         top = self.top(20)[::-1]
         labels = [f"{r.source} L{r.layer}" + (f" #{r.feature}" if r.feature >= 0 else "") for r in top.itertuples()]
         fig = go.Figure(go.Bar(x=top["attribution"], y=labels, orientation="h"))
-        fig.update_layout(title=f"L{self.layer} feature {self.feature} at {self.tokens[self.position]!r}: "
-                          f"pre-activation {self.pre_activation:.3f}", xaxis_title="contribution")
+        fig.update_layout(title=escape_label(f"L{self.layer} feature {self.feature} at {self.tokens[self.position]!r}: "
+                                             f"pre-activation {self.pre_activation:.3f}"), xaxis_title="contribution")
         return fig
 
     def top(self, n: int = 10) -> pd.DataFrame:

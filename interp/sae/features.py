@@ -55,8 +55,10 @@ class FeatureStatsResult(Result):
     def figure(self):
         import plotly.graph_objects as go
 
+        from interp.plotting import escape_label
+
         return go.Figure(go.Bar(x=self.densest["feature"].astype(str), y=self.densest["density"]),
-                         layout={"title": f"densest latents of {self.name}", "yaxis_title": "density"})
+                         layout={"title": escape_label(f"densest latents of {self.name}"), "yaxis_title": "density"})
 
     def summary(self) -> str:
         return (f"feature statistics for {self.n_features:,} latents ({self.n_live:,} fired) over {self.tokens:,} tokens "

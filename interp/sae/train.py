@@ -74,10 +74,13 @@ class SAETrainResult(Result):
     def figure(self):
         from plotly.subplots import make_subplots
 
+        from interp.plotting import escape_label
+
         fig = make_subplots(rows=1, cols=4, subplot_titles=("loss", "L0", "explained variance", "dead fraction"))
         for i, col in enumerate(("loss", "l0", "explained_variance", "dead_fraction"), 1):
             fig.add_scatter(x=self.history["tokens"], y=self.history[col], mode="lines", name=col, row=1, col=i)
-        fig.update_layout(title=f"{self.arch} {'transcoder' if self.hook_out else 'SAE'} on {self.hook}", showlegend=False)
+        fig.update_layout(title=escape_label(f"{self.arch} {'transcoder' if self.hook_out else 'SAE'} on {self.hook}"),
+                          showlegend=False)
         return fig
 
     def summary(self) -> str:
