@@ -8,6 +8,11 @@ Pages:  /                         workspace overview
 
 Every script and stylesheet is served by this server from the installed packages (Dash's
 `serve_locally`, plus `assets/`), so the pages work with no internet.
+
+Every request must name this machine in its `Host` header (localhost, 127.0.0.1, [::1], the address
+the server is bound to) or a name the user allowed; anything else gets 403. Binding to loopback keeps
+other machines out, but not a web page whose own domain is made to resolve to 127.0.0.1 (DNS
+rebinding): its requests carry the page's domain as their Host.
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterable
 import urllib.parse
 from pathlib import Path
 from typing import Any
+import flask
 
 from dash import Dash, Input, Output, dcc, html
 
@@ -37,13 +44,60 @@ from interp.errors import InterpError
 from interp.workspace import Workspace
 
 ASSETS = Path(__file__).parent / "assets"
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})  # "every interface": no request is addressed to these
 
 
-def create_app(workspace: str | Path, model_spec: str | None = None, device: str = "cpu") -> Dash:
-    """A dashboard over `workspace`; with `model_spec`, typed prompts run on that model (loaded lazily)."""
+def host_name(value: str) -> str:
+    """The host of a `Host` header or of a name the user gave: lower case, without port, IPv6 brackets or
+    trailing dot; "" when malformed."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        host, bracket, rest = value[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return ""
+    elif value.count(":") == 1:
+        host = value.partition(":")[0]
+    else:  # a name without a port, or a bare IPv6 address
+        host = value
+    return host.rstrip(".")
+
+
+def _checked_host(name: str) -> str:
+    host = host_name(name)
+    if not host or any(c.isspace() or c in "/\\@?#" for c in host):
+        raise InterpError(f"{name!r} is not a host name; pass a name or address such as mybox.local or 192.168.1.5")
+    return host
+
+
+def guard_hosts(app: Dash, allowed: Iterable[str] = ()) -> None:
+    """Answer only requests whose Host is loopback or in `allowed` (names or addresses, ports ignored);
+    the rest get 403 with a one-line plain-text reason. `app.allowed_hosts` is the set checked."""
+    names = [allowed] if isinstance(allowed, str) else list(allowed)
+    app.allowed_hosts = set(LOOPBACK_HOSTS) | {_checked_host(name) for name in names}
+
+    @app.server.before_request
+    def check_host():
+        host = host_name(flask.request.host)
+        if host in app.allowed_hosts:
+            return None
+        response = flask.Response(f"403: this dashboard answers only for localhost and the hosts given with "
+                                  f"--allow-host, not for {ascii(host[:80])}\n", 403, mimetype="text/plain")
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+
+def create_app(workspace: str | Path, model_spec: str | None = None, device: str = "cpu",
+               allowed_hosts: Iterable[str] = ()) -> Dash:
+    """A dashboard over `workspace`; with `model_spec`, typed prompts run on that model (loaded lazily).
+
+    It answers requests addressed to loopback hosts, to the address a `Server` binds it to, and to
+    `allowed_hosts` (e.g. this machine's LAN name when serving on 0.0.0.0); others get 403.
+    """
     ctx = Context(workspace, model_spec, device)
     app = Dash(__name__, assets_folder=str(ASSETS), serve_locally=True, title="interp dashboard",
                update_title=None, suppress_callback_exceptions=True)
+    guard_hosts(app, allowed_hosts)
     app.layout = lambda: html.Div([dcc.Location(id="url", refresh="callback-nav"), _nav(ctx),
                                    html.Div(id="page", className="page")])
     app.enable_dev_tools(debug=False, dev_tools_disable_version_check=True)  # no call home, ever
@@ -158,6 +212,8 @@ class Server:
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{self.port}/"
         self._thread: threading.Thread | None = None
+        if hasattr(app, "allowed_hosts") and host_name(host) not in WILDCARD_HOSTS:
+            app.allowed_hosts.add(host_name(host))  # requests to the address it listens on
 
     def start(self) -> Server:
         """Serve in a background thread (for tests and notebooks); returns self."""

@@ -128,3 +128,109 @@ def _components(tree) -> list:
     if not hasattr(tree, "to_plotly_json"):
         return []
     return [tree, *_components(getattr(tree, "children", None))]
+
+
+# -- Host check (DNS rebinding) -------------------------------------------------------------------
+GOOD_HOSTS = ["localhost", "localhost:8050", "LOCALHOST.", "127.0.0.1", "127.0.0.1:1234", "[::1]", "[::1]:8050",
+              "mybox.lan", "mybox.lan:9000", "10.0.0.5:80"]
+BAD_HOSTS = ["evil.example", "evil.example:8050", "localhost.evil.example", "127.0.0.1.evil.example", "127.0.0.2",
+             "[::2]:8050", "[::1", "::1]", "", "mybox.lan.evil.example"]
+
+
+def rule_urls(app) -> list[tuple[str, str]]:
+    """(method, url) for every route of the app's server, variables filled with real files where they name one."""
+    page = app.server.test_client().get("/").get_data(as_text=True)
+    suite = re.search(r'src="/(_dash-component-suites/[^"]+)"', page).group(1)
+    package, _, rest = suite.removeprefix("_dash-component-suites/").partition("/")
+    fill = {"filename": "style.css", "package_name": package, "fingerprinted_path": rest, "path": "some/page"}
+    urls = []
+    for rule in app.server.url_map.iter_rules():
+        url = rule.rule
+        for name in rule.arguments:
+            url = re.sub(rf"<(?:\w+:)?{name}>", fill[name], url)
+        urls += [(method, url) for method in sorted(rule.methods - {"HEAD"})]
+    return urls
+
+
+def test_only_loopback_and_allowed_hosts_are_answered_on_every_route(tmp_path):
+    from dashboards.app import create_app
+
+    app = create_app(tmp_path, allowed_hosts=["mybox.lan", "10.0.0.5"])
+    client = app.server.test_client()
+    urls = rule_urls(app)
+    assert {"/", "/_dash-layout", "/_dash-update-component", "/assets/style.css", "/_favicon.ico"} <= {u for _, u in urls}
+    assert any(u.startswith("/_dash-component-suites/") for _, u in urls) and len(urls) >= 12
+    for method, url in urls:
+        for host in BAD_HOSTS:
+            response = client.open(url, method=method, headers={"Host": host}, json={} if method == "POST" else None)
+            assert response.status_code == 403, (method, url, host, response.status_code)
+            assert response.mimetype == "text/plain" and response.get_data(as_text=True).count("\n") == 1
+            assert "--allow-host" in response.get_data(as_text=True)
+    for host in GOOD_HOSTS:
+        for url in ("/", "/_dash-layout", "/_dash-dependencies", "/assets/style.css", "/_favicon.ico",
+                    next(u for _, u in urls if u.startswith("/_dash-component-suites/"))):
+            assert client.get(url, headers={"Host": host}).status_code == 200, (url, host)
+    other = create_app(tmp_path).server.test_client()  # without the flag, the LAN name is refused too
+    assert other.get("/", headers={"Host": "mybox.lan"}).status_code == 403
+    assert other.get("/", headers={"Host": "localhost:8050"}).status_code == 200
+
+
+def test_a_callback_from_an_allowed_host_runs(tmp_path):
+    """The page's own requests (POST /_dash-update-component) still work from localhost."""
+    from dashboards.app import create_app
+
+    client = create_app(tmp_path).server.test_client()
+    body = {"output": "page.children", "outputs": {"id": "page", "property": "children"},
+            "inputs": [{"id": "url", "property": "pathname", "value": "/"},
+                       {"id": "url", "property": "search", "value": ""}], "changedPropIds": ["url.pathname"]}
+    assert client.post("/_dash-update-component", json=body, headers={"Host": "localhost:8050"}).status_code == 200
+    assert client.post("/_dash-update-component", json=body, headers={"Host": "evil.example"}).status_code == 403
+
+
+def test_the_server_answers_for_the_address_it_is_bound_to(tmp_path):
+    """Bound to 127.0.1.1 (what Debian maps the host name to), that address works; other names still get 403."""
+    import http.client
+
+    from dashboards.app import Server, create_app
+
+    with Server(create_app(tmp_path), host="127.0.1.1", port=0) as server:
+        for host, status in ((f"127.0.1.1:{server.port}", 200), ("evil.example", 403), ("localhost", 200)):
+            conn = http.client.HTTPConnection("127.0.1.1", server.port, timeout=10)
+            conn.request("GET", "/", headers={"Host": host})
+            assert conn.getresponse().status == status, host
+            conn.close()
+
+
+@pytest.mark.parametrize("name", ["", "two words", "a/b", "[::1"])
+def test_bad_allow_host_names_are_refused(tmp_path, name):
+    from dashboards.app import create_app
+    from interp.errors import InterpError
+
+    with pytest.raises(InterpError, match="is not a host name"):
+        create_app(tmp_path, allowed_hosts=[name])
+
+
+def test_cli_allow_host_flag(tmp_path, monkeypatch, capsys):
+    """`interp dashboard --allow-host NAME` (repeatable) reaches the app; a bad name exits 2 with one line."""
+    import dashboards.app
+    from interp.cli import main
+
+    apps = []
+
+    class FakeServer:
+        url = "http://127.0.0.1:1/"
+
+        def __init__(self, app, host, port):
+            apps.append(app)
+
+        def serve_forever(self):
+            return None
+
+    monkeypatch.setattr(dashboards.app, "Server", FakeServer)
+    assert main(["dashboard", "--workspace", str(tmp_path), "--allow-host", "mybox.lan",
+                 "--allow-host", "10.0.0.5:8050"]) == 130  # the fake server "stops" at once, as on Ctrl-C
+    assert {"mybox.lan", "10.0.0.5", "localhost"} <= apps[0].allowed_hosts
+    capsys.readouterr()
+    assert main(["dashboard", "--workspace", str(tmp_path), "--allow-host", "a b"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not a host name" in err and len(err.splitlines()) == 1

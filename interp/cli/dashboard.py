@@ -4,12 +4,19 @@ import json
 import signal
 import sys
 
+from interp.cli.outputs import UNUSED, declare_outputs
+from interp.cli.types import port
+
 
 def register(sub, common) -> None:
     p = sub.add_parser("dashboard", parents=[common], help="browse a workspace in a local web app")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8050, help="port (default: 8050; a free one if it is taken)")
+    p.add_argument("--port", type=port, default=8050, help="port (default: 8050; a free one if it is taken)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests addressed to NAME (repeatable; localhost, 127.0.0.1 and [::1] "
+                        "always work): e.g. this machine's LAN name when serving on --host 0.0.0.0")
     p.set_defaults(run=run)
+    declare_outputs(p, html=UNUSED)
 
 
 def run(args):
@@ -18,12 +25,11 @@ def run(args):
 
     if not args.workspace:
         raise InterpError("pass --workspace DIR, the folder your analyses saved into")
-    if not 0 <= args.port < 65536:
-        raise InterpError(f"port {args.port} is out of range; pass 0..65535")
     # Ctrl-C stops it even when started from a parent that ignores SIGINT (background jobs, some test
     # runners); installed before the URL is printed, since whoever reads it may press Ctrl-C at once.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    server = Server(create_app(args.workspace, model_spec=args.model, device=args.device), args.host, args.port)
+    app = create_app(args.workspace, model_spec=args.model, device=args.device, allowed_hosts=args.allow_host)
+    server = Server(app, args.host, args.port)
     if args.json:
         print(json.dumps({"url": server.url, "workspace": args.workspace}), flush=True)
     else:
