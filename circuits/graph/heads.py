@@ -24,7 +24,7 @@ TOP_HEADS = 8  # heads listed per link; the rest are summed into other_heads
 TOP_QK = 5  # (query, key) entries listed per head
 
 
-def _endpoints(att: Attribution, nodes: torch.Tensor, as_target: bool):
+def endpoints(att: Attribution, nodes: torch.Tensor, as_target: bool):
     """(vectors [n, d], layer [n], position [n]) of graph nodes: read vectors of targets, write vectors of sources.
 
     Source layers: embeddings -1, an MLP node its layer; target layers: a feature its layer (it reads after
@@ -58,8 +58,8 @@ def split_links(att: Attribution, edges: torch.Tensor, chunk: int = 2048) -> tup
     """(residual [E], single-hop head paths [E, n_layers, n_heads]) of links `edges` [E, 2] (target, source)."""
     fr = att.frozen
     L, H = fr.n_layers, fr.layers[0].n_heads
-    read, t_layer, t_pos = _endpoints(att, edges[:, 0], as_target=True)
-    write, s_layer, s_pos = _endpoints(att, edges[:, 1], as_target=False)
+    read, t_layer, t_pos = endpoints(att, edges[:, 0], as_target=True)
+    write, s_layer, s_pos = endpoints(att, edges[:, 1], as_target=False)
     residual = torch.where(s_pos == t_pos, (read * write).sum(-1), torch.zeros_like(read[:, 0]))
     heads = read.new_zeros(len(edges), L, H)
     for start in range(0, len(edges), chunk):
