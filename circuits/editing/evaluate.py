@@ -11,14 +11,13 @@ argmax. Fluency = the weighted bi/tri-gram entropy (weights 2/3, 4/3) of top-5 s
 from __future__ import annotations
 
 import math
-import re
-from collections import Counter
 
 import pandas as pd
 import torch
 
 from circuits.editing.context import build_batch
 from circuits.editing.requests import EditRequest
+from interp.fluency import ngram_entropy
 
 METRICS = ("efficacy", "paraphrase", "neighborhood")
 
@@ -37,20 +36,6 @@ def prompt_nlls(model, prompts: list[str], new: str, true: str, chunk: int = 32)
             nll.append(float(-lp[torch.arange(len(ids)), ids].mean()))
             hit.append(lp.argmax(-1).tolist() == ids)
     return nll[0::2], nll[1::2], hit[0::2], hit[1::2]
-
-
-def ngram_entropy(text: str, ns: tuple[int, ...] = (2, 3), weights: tuple[float, ...] = (2 / 3, 4 / 3)) -> float:
-    """The reference `compute_n_gram_entropy`: mean over n of weight_n x entropy (bits) of n-grams.
-
-    Words are split like a simple word tokenizer (runs of word characters, single punctuation marks).
-    """
-    words = re.findall(r"\w+|[^\w\s]", text)
-    out = []
-    for n, w in zip(ns, weights):
-        grams = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
-        total = sum(grams.values())
-        out.append(w * -sum(c / total * math.log2(c / total) for c in grams.values()) if total else 0.0)
-    return sum(out) / len(out)
 
 
 @torch.no_grad()
