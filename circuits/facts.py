@@ -23,6 +23,10 @@ from interp.errors import InterpError
 
 FACTS_PATH = Path(__file__).with_name("data") / "facts.jsonl"
 SPLITS = ("dev", "test")
+# A minimal fact record, quoted in error messages so that a file can be fixed without other documents.
+RECORD_FORMAT = ('write CounterFact records (one per line in .jsonl, a list in .json), e.g. {"case_id": 1, '
+                 '"requested_rewrite": {"prompt": "{} is located in", "subject": "The Louvre", '
+                 '"target_true": {"str": " Paris"}}}')
 
 
 def read_facts(path: str | Path = FACTS_PATH) -> list[dict]:
@@ -34,14 +38,16 @@ def read_facts(path: str | Path = FACTS_PATH) -> list[dict]:
         raise InterpError(f"cannot read facts file {path} ({e.strerror}); pass an existing .jsonl or .json file") from e
     try:
         lines = [line for line in text.splitlines() if line.strip()]
-        records = json.loads(text) if path.suffix == ".json" else [json.loads(line) for line in lines]
+        records = json.loads(text) if path.suffix == ".json" and lines else [json.loads(line) for line in lines]
     except ValueError as e:
         raise InterpError(f"{path} is not valid JSON ({e}); one CounterFact record per line is expected") from e
+    if not records:
+        raise InterpError(f"{path} has no records; {RECORD_FORMAT}")
     for record in records:
         rewrite = record.get("requested_rewrite") if isinstance(record, dict) else None
         if not isinstance(rewrite, dict) or "{}" not in rewrite.get("prompt", "") or not rewrite.get("subject"):
             raise InterpError(f"{path}: a record lacks requested_rewrite.prompt with '{{}}' or a subject; "
-                              "see the CounterFact format in DESIGN.md")
+                              f"{RECORD_FORMAT}")
     return records
 
 

@@ -83,7 +83,7 @@ def _metric(model, clean_logits, corrupt_logits, target: str | None, foil: str |
         ranked = corrupt_last.argsort(descending=True)[:2].tolist()
         foil_id = ranked[1] if ranked[0] == answer_id else ranked[0]
     else:
-        foil_id = answer_token(model, foil)[0]
+        foil_id = answer_token(model, foil, "--foil")[0]
     if foil_id == answer_id:
         raise InterpError("the answer and the foil are the same token; pass a different --foil")
     metric = Metric(

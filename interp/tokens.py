@@ -110,9 +110,12 @@ def find_span(model, text: str, subject: str, ids: Sequence[int] | torch.Tensor 
     return locate(model, text, at, at + len(needle), ids)[1]
 
 
-def answer_token(model, target: str) -> tuple[int, bool]:
-    """(id of the first token of `target`, whether the target needed more than one token)."""
+def answer_token(model, target: str, option: str = "--target") -> tuple[int, bool]:
+    """(id of the first token of `target`, whether the target needed more than one token).
+
+    `option` names the setting `target` came from (--target, --foil), so an empty one is reported as such.
+    """
     if not target:
-        raise InterpError("the target is empty; pass the answer text, e.g. ' Paris'")
+        raise InterpError(f"{option} is empty; pass the answer text with its leading space, e.g. ' Paris'")
     ids = model.to_tokens(target, prepend_bos=False)[0]
     return int(ids[0]), len(ids) > 1

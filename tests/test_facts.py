@@ -102,3 +102,35 @@ def test_default_model_knows_the_paper_facts(smollm, tmp_path, monkeypatch):
     swapped["requested_rewrite"]["target_true"] = swapped["requested_rewrite"]["target_new"]
     path = _write(tmp_path / "facts.jsonl", known + [swapped])
     assert verify_facts(smollm, path=path) == {str(f["case_id"]): True for f in known} | {"99": False}
+
+
+def test_a_file_without_records_says_so_and_shows_the_format(tmp_path, capsys):
+    from interp.cli import main
+
+    for name, text in [("empty.jsonl", ""), ("blank.jsonl", "\n  \n"), ("empty.json", ""), ("list.json", "[]")]:
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(InterpError, match=r"has no records; write CounterFact records .*requested_rewrite"):
+            read_facts(path)
+    assert main(["trace", "--facts", str(tmp_path / "empty.jsonl"), "--model", "tiny-llama"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has no records" in err and "answers none" not in err and "\n" not in err
+
+
+def test_no_user_facing_text_points_to_a_design_document():
+    """Error messages and help must stand alone: DESIGN.md is not shipped with the package."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for folder in ("interp", "circuits", "probes", "dashboards"):
+        for path in (root / folder).rglob("*.py"):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                          if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                          and node.body and isinstance(node.body[0], ast.Expr)}
+            found += [f"{path.name}:{node.lineno}" for node in ast.walk(tree)
+                      if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                      and "DESIGN.md" in node.value and id(node) not in docstrings]
+    assert not found

@@ -195,3 +195,19 @@ def test_fast_attention_continues_from_a_key_value_cache(fixture, request):
         model(tokens[:, :5], past_kv_cache=cache)
         rest = model(tokens[:, 5:], past_kv_cache=cache)
     torch.testing.assert_close(rest, full[:, 5:], atol=1e-5, rtol=1e-5)
+
+
+def _one_line_cli_error(capsys, argv: list[str]) -> str:
+    from interp.cli import main
+
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "internal" not in err, err
+    return err
+
+
+def test_empty_model_spec_says_so_and_lists_the_specs(capsys):
+    for spec in ("", "  "):
+        with pytest.raises(InterpError, match="the model spec is empty; use one of smollm2-135m, tiny-llama"):
+            resolve_spec(spec)
+    assert "model spec is empty" in _one_line_cli_error(capsys, ["info", "--model", ""])

@@ -8,10 +8,11 @@ import pytest
 
 from circuits.editing.context import subject_last_index
 from circuits.knockout import knockout
+from circuits.patching import patch
 from circuits.tracing import prepare, trace
 from interp.cli import main
 from interp.errors import InterpError
-from interp.tokens import decoded_offsets, encode, find_span, span_of_chars, token_offsets
+from interp.tokens import answer_token, decoded_offsets, encode, find_span, span_of_chars, token_offsets
 
 # (prompt, subject): non-Latin scripts, accents, a subject that occurs twice (the last one counts)
 CASES = [
@@ -85,6 +86,17 @@ def test_cli_traces_a_cyrillic_subject(capsys):
                  "--samples", "1", "--noise-std", "1.0", "--kind", "hidden", "--json"])
     assert code == 0, capsys.readouterr().err
     assert json.loads(capsys.readouterr().out)["subject_range"] == [0, 12]
+
+
+def test_an_empty_answer_names_its_option(tiny_llama, capsys):
+    with pytest.raises(InterpError, match="--target is empty"):
+        answer_token(tiny_llama, "")
+    with pytest.raises(InterpError, match="--foil is empty"):
+        patch(tiny_llama, "The cat sat on the", "The dog sat on the", foil="")
+    code = main(["patch", "--clean", "The cat sat on the", "--corrupt", "The dog sat on the", "--model", "tiny-llama",
+                 "--foil", ""])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--foil is empty" in err and "\n" not in err
 
 
 @pytest.mark.real

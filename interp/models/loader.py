@@ -23,6 +23,7 @@ from interp.models import gguf, tiny
 
 DEFAULT_MODEL = "smollm2-135m"
 SPECS = (DEFAULT_MODEL, *tiny.TINY_SPECS)
+SPEC_HELP = f"use one of {', '.join(SPECS)}, a Hugging Face model folder or a .gguf path"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -53,6 +54,8 @@ def spec_name(spec: str) -> str:
 
 def resolve_spec(spec: str) -> Path:
     """The local Hugging Face folder for `spec`, converting or building it on first use."""
+    if not spec.strip():
+        raise InterpError(f"the model spec is empty; {SPEC_HELP}")
     if spec == DEFAULT_MODEL:
         path = gguf.default_gguf_path()
         folder = cache_dir("models") / f"{DEFAULT_MODEL}-{gguf.DEFAULT_SHA256[:12]}"
@@ -74,9 +77,7 @@ def resolve_spec(spec: str) -> Path:
         if not (path / "config.json").is_file():
             raise InterpError(f"{path} has no config.json; pass a Hugging Face model folder")
         return path.resolve()
-    raise InterpError(
-        f"unknown model spec {spec!r}; use one of {', '.join(SPECS)}, a Hugging Face folder or a .gguf path"
-    )
+    raise InterpError(f"unknown model spec {spec!r}; {SPEC_HELP}")
 
 
 def _neutral_path(folder: Path) -> str:
