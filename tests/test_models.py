@@ -211,3 +211,59 @@ def test_empty_model_spec_says_so_and_lists_the_specs(capsys):
         with pytest.raises(InterpError, match="the model spec is empty; use one of smollm2-135m, tiny-llama"):
             resolve_spec(spec)
     assert "model spec is empty" in _one_line_cli_error(capsys, ["info", "--model", ""])
+
+
+def test_gpt2_folder_with_transformers_5_config_matches_huggingface(tmp_path):
+    """transformers 5 saves GPT-2 configs without `n_ctx`, which TransformerLens's converter reads."""
+    import json
+
+    from transformers import GPT2Config
+
+    from interp.models.tiny import write_random_model
+
+    folder = write_random_model(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=257), tmp_path / "gpt2")
+    assert "n_ctx" not in json.loads((folder / "config.json").read_text())
+    model = load_model(str(folder))
+    hf, tok = load_hf_model(str(folder))
+    ids = tok("The Eiffel Tower is in Paris, Москва is in Russia.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert (model(ids) - hf(ids).logits).abs().max() < 1e-4
+    assert (model.cfg.n_layers, model.cfg.n_ctx) == (2, hf.config.n_positions)
+
+
+def _broken_folders(root):
+    """name -> a folder that cannot become a hooked model, each for a different reason."""
+    import json
+    import shutil
+
+    from transformers import BioGptConfig
+
+    from interp.models.tiny import write_random_model
+
+    folders = {"unsupported architecture": write_random_model(BioGptConfig(
+        num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64, vocab_size=257), root / "bio")}
+    for name, change in [("weights wider than config.json", lambda c: c | {"hidden_size": 32}),
+                         ("no weights", None), ("config.json not JSON", None)]:
+        folder = root / name.replace(" ", "-")
+        shutil.copytree(resolve_spec("tiny-llama"), folder)
+        config = folder / "config.json"
+        if change is not None:
+            config.write_text(json.dumps(change(json.loads(config.read_text()))))
+        elif name == "no weights":
+            (folder / "model.safetensors").unlink()
+        else:
+            config.write_text("{not json")
+        folders[name] = folder
+    return folders
+
+
+def test_folders_that_cannot_load_are_one_line_errors(tmp_path, capsys):
+    for name, folder in _broken_folders(tmp_path).items():
+        with pytest.raises(InterpError, match=f"cannot load the model in {folder}.*LlamaForCausalLM") as err:
+            load_model(str(folder))
+        assert "\n" not in str(err.value), name
+        assert "cannot load the model" in _one_line_cli_error(capsys, ["info", "--model", str(folder)])
+    with pytest.raises(InterpError, match="BioGptForCausalLM is not currently supported"):
+        load_model(str(tmp_path / "bio"))
+    with pytest.raises(InterpError, match="unknown device 'cpux'"):
+        load_model("tiny-llama", device="cpux")

@@ -24,6 +24,10 @@ from interp.models import gguf, tiny
 DEFAULT_MODEL = "smollm2-135m"
 SPECS = (DEFAULT_MODEL, *tiny.TINY_SPECS)
 SPEC_HELP = f"use one of {', '.join(SPECS)}, a Hugging Face model folder or a .gguf path"
+# The architectures whose folders load and match transformers in the tests (TransformerLens converts more).
+TESTED_ARCHITECTURES = ("LlamaForCausalLM", "GPT2LMHeadModel")
+# Config attributes TransformerLens's converter reads that transformers 5 dropped: old name -> current name.
+LEGACY_CONFIG_NAMES = {"n_ctx": "n_positions"}
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -97,6 +101,47 @@ def _neutral_path(folder: Path) -> str:
     return str(link)
 
 
+@contextlib.contextmanager
+def _loading(folder: Path):
+    """Turn a failure to read or convert the model in `folder` (a config that does not match its weights,
+    an architecture TransformerLens cannot convert, a broken file) into a one-line InterpError."""
+    try:
+        yield
+    except InterpError:
+        raise
+    except (OSError, ValueError, KeyError, AttributeError, TypeError, RuntimeError) as e:  # and NotImplementedError
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        detail = " ".join(lines[:2] if lines[0].endswith(":") else lines[:1])  # "Error(s) ...:" + the first one
+        detail = detail.replace(_neutral_path(folder), str(folder))
+        raise InterpError(f"cannot load the model in {folder} ({detail}); pass a complete save_pretrained folder "
+                          f"(config.json matching the weights) of an architecture TransformerLens converts, such as "
+                          f"{' or '.join(TESTED_ARCHITECTURES)}") from e
+
+
+@contextlib.contextmanager
+def _legacy_config_names():
+    """While TransformerLens converts a config, give it the attribute names that transformers 5 dropped
+    and its converter still reads (GPT-2's `n_ctx` is `n_positions` now)."""
+    from transformer_lens import loading_from_pretrained as loading
+
+    auto = loading.AutoConfig
+
+    class AutoConfigWithLegacyNames:
+        @staticmethod
+        def from_pretrained(*args, **kwargs):
+            config = auto.from_pretrained(*args, **kwargs)
+            for old, new in LEGACY_CONFIG_NAMES.items():
+                if not hasattr(config, old) and hasattr(config, new):
+                    setattr(config, old, getattr(config, new))
+            return config
+
+    loading.AutoConfig = AutoConfigWithLegacyNames
+    try:
+        yield
+    finally:
+        loading.AutoConfig = auto
+
+
 def load_hf_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32):
     """The plain Hugging Face model and tokenizer for `spec` (for comparisons and saving)."""
     return _load_hf_folder(resolve_spec(spec), dtype)
@@ -107,9 +152,11 @@ def _load_hf_folder(folder: Path, dtype: torch.dtype):
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a bar per load drowns the useful progress output
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    with _loading(folder):
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
     model.eval()
-    return model, AutoTokenizer.from_pretrained(folder)
+    return model, tokenizer
 
 
 def load_model(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype: torch.dtype = torch.float32):
@@ -123,22 +170,25 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype: torch.dtyp
     from interp.models.fast import install_fast_paths
     from interp.models.hooked import HookedModel
 
-    folder = resolve_spec(spec)
-    hf_model, tokenizer = _load_hf_folder(folder, dtype)  # resolving again would re-hash a .gguf
     try:
+        torch.device(device)
+    except RuntimeError as e:  # not to be taken for a broken model below
+        raise InterpError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from e
+    folder = resolve_spec(spec)
+    with _loading(folder), _legacy_config_names():  # the config first: it fails fast, before the weights load
         cfg = loading.get_pretrained_model_config(
             _neutral_path(folder), fold_ln=False, device=device, dtype=dtype, default_prepend_bos=False
         )
-    except (ValueError, NotImplementedError, KeyError) as e:
-        raise InterpError(f"TransformerLens cannot map {folder} ({e}); pass a supported architecture") from e
-    state = loading.get_pretrained_state_dict(_neutral_path(folder), cfg, hf_model=hf_model, dtype=dtype)
-    del hf_model
-    with contextlib.redirect_stdout(io.StringIO()):  # TransformerLens prints while moving devices
+    hf_model, tokenizer = _load_hf_folder(folder, dtype)  # resolving again would re-hash a .gguf
+    with _loading(folder), contextlib.redirect_stdout(io.StringIO()):  # TransformerLens prints while loading
+        state = loading.get_pretrained_state_dict(_neutral_path(folder), cfg, hf_model=hf_model, dtype=dtype)
+        del hf_model
         model = HookedModel(cfg, tokenizer, move_to_device=False, default_padding_side="right")
         model.load_and_process_state_dict(
             state, fold_ln=False, center_writing_weights=False, center_unembed=False,
             fold_value_biases=False, refactor_factored_attn_matrices=False,
         )
+    with contextlib.redirect_stdout(io.StringIO()):  # and while moving devices
         model.to(device)
     install_fast_paths(model)
     model.eval()

@@ -53,10 +53,16 @@ def _config(spec: str):
 
 def write_tiny_model(spec: str, folder: Path) -> Path:
     """Build the seeded model `spec` and save it (weights + tokenizer) as a Hugging Face folder."""
+    return write_random_model(_config(spec), folder)
+
+
+def write_random_model(config, folder: Path) -> Path:
+    """Save a seeded random causal LM of the transformers `config` (vocab >= 257) with the byte tokenizer
+    as a Hugging Face folder: any architecture, for tests of the loader."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(_SEED)
-    model = AutoModelForCausalLM.from_config(_config(spec), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     byte_tokenizer().save_pretrained(folder)
