@@ -32,10 +32,12 @@ TEXT_SUFFIXES = {".txt", ".md", ".rst"}
 
 @dataclasses.dataclass
 class Corpus:
-    """An iterable of documents (strings); `name` identifies it in cache keys."""
+    """An iterable of documents (strings); `name` labels it, `source` (the file or folder it reads,
+    None for one made in code) is what `interp.fingerprint.corpus_fingerprint` hashes for cache keys."""
 
     name: str
     documents: Callable[[], Iterator[str]]
+    source: Path | None = None
 
     def __iter__(self) -> Iterator[str]:
         return (doc for doc in self.documents() if doc.strip())
@@ -92,7 +94,7 @@ def builtin_corpus() -> Corpus:
     path = cache_dir("corpus") / f"{name}-{version}.jsonl"
     if not path.is_file():
         _build_python_docs(path)
-    return Corpus(name, _jsonl(path).documents)
+    return Corpus(name, _jsonl(path).documents, path)
 
 
 def _text_field(record: dict, source: Path) -> str:
@@ -167,9 +169,9 @@ def load_corpus(spec: str | Path | None = None) -> Corpus:
         return builtin_corpus()
     path = Path(spec).expanduser()
     if path.is_dir():
-        return _folder(path)
+        return dataclasses.replace(_folder(path), source=path)
     if path.is_file():
-        return _file(path)
+        return dataclasses.replace(_file(path), source=path)
     raise InterpError(f"corpus {spec!r} not found; pass a text/JSONL/Parquet file, a folder, or 'python-docs'")
 
 

@@ -136,6 +136,7 @@ def test_lambda_keeps_the_reference_ratio_to_the_mlp_width_unless_given(tiny):
 
 def test_statistics_match_direct_computation_cache_and_resume(tiny, tmp_path, monkeypatch):
     from interp.corpus import load_corpus
+    from interp.fingerprint import corpus_fingerprint
     from interp.streaming import stream_activations
 
     from circuits.editing import stats
@@ -159,7 +160,7 @@ def test_statistics_match_direct_computation_cache_and_resume(tiny, tmp_path, mo
     monkeypatch.setattr(stats, "stream_activations", interrupted)
     with pytest.raises(KeyboardInterrupt):
         second_moments(tiny, 2, n_tokens=n, progress=False)
-    path = stats.stats_path(tiny, 2, load_corpus().name, n)
+    path = stats.stats_path(tiny, 2, corpus_fingerprint(load_corpus()), n)
     assert path.with_suffix(".partial").is_file() and not path.is_file()
     monkeypatch.setattr(stats, "stream_activations", real)
     got = second_moments(tiny, 2, n_tokens=n, progress=False)[2]

@@ -3,18 +3,21 @@
 ROME's `layer_stats` collects these once per layer over Wikipedia and caches them; ours stream the
 corpus through the model only up to the deepest layer asked for (several layers in one pass),
 accumulate in float64 (each batch's product in float32), save partial sums every few batches so an
-interrupted run resumes, and cache the result on disk per (model, layer, corpus, token count).
+interrupted run resumes, and cache the result on disk keyed on the content of what they depend on:
+the weights up to the layer's MLP keys, the corpus bytes, the layer and the token count.
 """
 
 from __future__ import annotations
 
-import hashlib
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from interp.cache import cache_dir
 from interp.corpus import load_corpus
+from interp.fingerprint import cache_name, corpus_fingerprint, weights_fingerprint
 from interp.hooks import check_layer
 from interp.streaming import stream_activations
 
@@ -29,17 +32,25 @@ def key_hook(layer: int) -> str:
     return f"blocks.{layer}.mlp.hook_post"
 
 
-def _model_key(model) -> str:
-    spec = str(getattr(model.cfg, "spec", model.cfg.model_name))
-    path = Path(spec).expanduser()
-    if path.exists():  # a folder or file: name plus a hash of where it lives
-        return f"{path.name}-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}"
-    return spec
+def key_inputs(layer: int) -> Callable[[str], bool]:
+    """Whether a parameter (by name) can change the MLP keys of `layer`: not the layer's own output
+    weights, the layers after it, the final norm or the unembedding. So an edit of `W_out` (ROME,
+    MEMIT) keeps the layer's statistics, and an edit upstream of the keys does not."""
+    own_output = (f"blocks.{layer}.mlp.W_out", f"blocks.{layer}.mlp.b_out")
+
+    def upstream(name: str) -> bool:
+        block = re.match(r"blocks\.(\d+)\.", name)
+        if block:
+            return int(block[1]) < layer or (int(block[1]) == layer and name not in own_output)
+        return not name.startswith(("unembed.", "ln_final."))
+    return upstream
 
 
-def stats_path(model, layer: int, corpus_name: str, n_tokens: int) -> Path:
-    """Where the finished statistics of one layer live."""
-    name = f"{_model_key(model)}-L{layer}-{corpus_name}-{n_tokens}-s{SEQ_LEN}.safetensors"
+def stats_path(model, layer: int, corpus_digest: str, n_tokens: int) -> Path:
+    """Where the finished statistics of one layer live; `corpus_digest` is `corpus_fingerprint` of the corpus."""
+    weights = weights_fingerprint(model, key_inputs(layer))
+    name = cache_name(f"L{layer}-{n_tokens}", ".safetensors", weights=weights,
+                      corpus=corpus_digest, layer=layer, tokens=n_tokens, seq_len=SEQ_LEN, batch_size=BATCH_SIZE)
     return cache_dir("editing", "stats") / name
 
 
@@ -68,7 +79,8 @@ def second_moments(
     """
     layers = [check_layer(model, l) for l in ([layers] if isinstance(layers, int) else layers)]
     source = load_corpus(corpus)
-    paths = {l: stats_path(model, l, source.name, n_tokens) for l in layers}
+    digest = corpus_fingerprint(source)
+    paths = {l: stats_path(model, l, digest, n_tokens) for l in layers}
     out: dict[int, torch.Tensor] = {}
     state: dict[int, dict[str, torch.Tensor]] = {}
     for layer, path in paths.items():
