@@ -6,14 +6,12 @@ Each record has `case_id`, `split` ("dev" for development, "test" held out), `re
 `paraphrase_prompts`, `neighborhood_prompts` (other subjects whose answer is also target_true),
 `attribute_prompts` (subjects whose answer is target_new) and `generation_prompts`.
 A fact is *verified* for a model when its greedy next token after the rewrite prompt is the first
-token of target_true; verdicts are cached per model and per version of the fact file.
+token of target_true; verdicts are cached per content of the model's weights and of the fact file.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -80,12 +78,12 @@ def load_facts(verified_only: bool = False, model=None, split: str | None = None
 
 
 def model_cache_file(model, area: str, path: str | Path = FACTS_PATH) -> Path:
-    """A cache file for something derived from `model` and the fact file at `path` (both in its name)."""
+    """A cache file for something derived from `model` and the fact file at `path`, keyed on the
+    content of both: the weights as they are now (an edited model misses) and the file's bytes."""
     from interp.cache import cache_dir
+    from interp.fingerprint import cache_name, file_fingerprint, weights_fingerprint
 
-    spec = str(getattr(model.cfg, "spec", model.cfg.model_name))
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-    return cache_dir(area) / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', spec)}-{digest}.json"
+    return cache_dir(area) / cache_name(area, ".json", weights=weights_fingerprint(model), facts=file_fingerprint(path))
 
 
 @torch.no_grad()

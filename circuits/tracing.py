@@ -50,7 +50,7 @@ def window_layers(layer: int, window: int, n_layers: int) -> range:
 @torch.no_grad()
 def embedding_noise_std(model) -> float:
     """Standard deviation of the token-embedding outputs of the subject tokens of the built-in fact set
-    (as they are tokenized inside their prompts), cached per model; the default noise is 3x this."""
+    (as they are tokenized inside their prompts), cached per content of the weights; the default noise is 3x this."""
     from circuits.facts import fact_prompt, load_facts, model_cache_file
 
     cache = model_cache_file(model, "tracing")

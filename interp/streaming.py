@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from interp.corpus import Corpus, token_batches
 from interp.errors import InterpError
+from interp.fingerprint import corpus_fingerprint, weights_fingerprint
 from interp.hooks import check_hook_names
 
 
@@ -60,8 +61,11 @@ def stream_activations(
 
 
 def _manifest(model, hooks, corpus, batch_size, seq_len, max_tokens, batches_per_shard, dtype) -> dict:
+    """The settings a shard folder was written with; the fingerprints make a resume with other
+    weights or another corpus of the same name refuse instead of mixing shards."""
     return {
-        "model": getattr(model.cfg, "spec", model.cfg.model_name), "hooks": hooks, "corpus": corpus.name,
+        "model": getattr(model.cfg, "spec", model.cfg.model_name), "weights": weights_fingerprint(model),
+        "hooks": hooks, "corpus": corpus.name, "corpus_content": corpus_fingerprint(corpus),
         "batch_size": batch_size, "seq_len": seq_len, "max_tokens": max_tokens,
         "batches_per_shard": batches_per_shard, "dtype": str(dtype).removeprefix("torch."),
     }

@@ -11,8 +11,6 @@ real token (its length - 1), never at the padded end. Positions:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +18,7 @@ from pathlib import Path
 import torch
 
 from interp.errors import InterpError
+from interp.fingerprint import settings_fingerprint, weights_fingerprint
 from interp.hooks import check_layer, resid_post
 from interp.tokens import find_span
 
@@ -113,11 +112,11 @@ def collect_activations(model, texts: Sequence[str], layers: Sequence[int] | Non
 
 def activation_key(model, texts: Sequence[str], layers: Sequence[int], position: str | int,
                    marks: Sequence[str] | None) -> str:
-    """A content hash naming one collection (model spec, texts, marks, position, layers)."""
-    spec = getattr(model.cfg, "spec", model.cfg.model_name)
-    payload = json.dumps([spec, list(texts), list(marks or []) if position == "mark" else None,
-                          str(position), list(layers), "resid_post"])
-    return hashlib.sha1(payload.encode()).hexdigest()[:20]
+    """A content hash naming one collection: the model's weights as they are now (an edited model
+    misses), the texts, marks, position and layers."""
+    return settings_fingerprint(weights=weights_fingerprint(model), texts=list(texts), position=str(position),
+                                marks=list(marks or []) if position == "mark" else None, layers=list(layers),
+                                hook="resid_post")
 
 
 def cached_activations(model, texts: Sequence[str], layers: Sequence[int], position: str | int = "last",

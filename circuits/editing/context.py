@@ -12,6 +12,7 @@ import dataclasses
 
 import torch
 
+from interp.fingerprint import weights_fingerprint
 from interp.tokens import locate
 
 STARTERS = ("The", "Therefore", "Because", "I", "You")
@@ -40,11 +41,12 @@ def sample_texts(model, prompts: list[str], n_per_prompt: int, max_len: int, top
 
 
 def context_templates(model, lengths: tuple[tuple[int, int], ...], seed: int = 0) -> list[list[str]]:
-    """[["{}"], [prefix + ". {}", ...] per (length, count)] for `model`, cached per model and lengths.
+    """[["{}"], [prefix + ". {}", ...] per (length, count)] for `model`, cached per content of its
+    weights (an edited model samples anew; undoing the edit finds the first set again) and lengths.
 
     `count` prefixes of `length` tokens are sampled for each (length, count), spread over the starters.
     """
-    key = (id(model), getattr(model.cfg, "spec", model.cfg.model_name), lengths, seed)
+    key = (weights_fingerprint(model), lengths, seed)
     if key not in _TEMPLATES:
         groups = [["{}"]]
         for length, count in lengths:

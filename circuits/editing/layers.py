@@ -8,31 +8,42 @@ subject's last token, averaged over 40 verified dev facts of the built-in set (e
 so ROME edits the peak, layer 4, and MEMIT/PMET the five consecutive layers with the largest total
 effect, 1-5 (MEMIT's GPT-J range 3-8 likewise covers its MLP-effect peak). Other models fall back to
 the relative depth of ROME's GPT-2 XL layer (17 of 48) and the five layers ending there.
+
+Measured layers are looked up by `model_identity`, a fingerprint of the token embedding, not by the
+spec: the default model's float32 weights loaded from the spec, its converted folder or its .gguf
+all find them, and so does the model after edits of its MLP or attention weights.
 """
 
 from __future__ import annotations
 
 from interp.errors import InterpError
+from interp.fingerprint import weights_fingerprint
 from interp.hooks import check_layer, parse_layers
 
-MEASURED_ROME_LAYER = {"smollm2-135m": 4}
-MEASURED_MEMIT_LAYERS = {"smollm2-135m": [1, 2, 3, 4, 5]}
+SMOLLM2_135M = "a85cfe73abf5fc15e92e962d0d48542a"  # model_identity of smollm2-135m in float32
+MEASURED_ROME_LAYER = {SMOLLM2_135M: 4}
+MEASURED_MEMIT_LAYERS = {SMOLLM2_135M: [1, 2, 3, 4, 5]}
 MEMIT_SPAN = 5
+
+
+def model_identity(model) -> str:
+    """`weights_fingerprint` of the token embedding (`embed.*`), which fact edits leave unchanged."""
+    return weights_fingerprint(model, lambda name: name.startswith("embed."))
 
 
 def rome_layer(model) -> int:
     """The default ROME layer for `model`."""
-    spec = getattr(model.cfg, "spec", None)
-    if spec in MEASURED_ROME_LAYER:
-        return MEASURED_ROME_LAYER[spec]
+    identity = model_identity(model)
+    if identity in MEASURED_ROME_LAYER:
+        return MEASURED_ROME_LAYER[identity]
     return min(model.cfg.n_layers - 1, round(model.cfg.n_layers * 17 / 48))
 
 
 def memit_layers(model) -> list[int]:
     """The default MEMIT/PMET layers: measured, else MEMIT_SPAN consecutive layers ending at the ROME layer."""
-    spec = getattr(model.cfg, "spec", None)
-    if spec in MEASURED_MEMIT_LAYERS:
-        return list(MEASURED_MEMIT_LAYERS[spec])
+    identity = model_identity(model)
+    if identity in MEASURED_MEMIT_LAYERS:
+        return list(MEASURED_MEMIT_LAYERS[identity])
     last = rome_layer(model)
     return list(range(max(0, last - MEMIT_SPAN + 1), last + 1))
 
