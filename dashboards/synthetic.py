@@ -114,3 +114,90 @@ def write_synthetic_features(workspace: str | Path, name: str = "synthetic", n_f
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+GRAPH_TOKENS = ["<bos>", "The", " capital", " of", HOSTILE_TOKEN, " is"]
+
+
+def synthetic_graph(n_layers: int = 3, tokens: list[str] | None = None, features_per_cell: int = 2,
+                    n_logits: int = 3, transcoders: dict[int, str] | None = None, n_features: int = 512,
+                    seed: int = 0) -> dict:
+    """A random attribution graph in GRAPH_CONTRACT.md's `to_graph_json()` layout, for tests and benchmarks.
+
+    Nodes: an embedding per position, `features_per_cell` transcoder features and one error node per
+    (layer, position >= 1) (position 0 holds only an error node, as the real graph leaves it out of the
+    transcoders), and `n_logits` logits at the last position. Links run from every lower node to a few
+    higher ones; feature->feature links carry `invariant * dependent == weight` (dependent = the source
+    activation). `influence` is the cumulative share, most influential first, as circuit-tracer writes it.
+    The default prompt holds a markup token, so pages can check it stays text.
+    """
+    rng = np.random.default_rng(seed)
+    tokens = list(GRAPH_TOKENS if tokens is None else tokens)
+    transcoders = transcoders or {layer: f"/synthetic/transcoders/layer-{layer:02d}" for layer in range(n_layers)}
+    vocab = _vocab(rng, 40)
+    last = len(tokens) - 1
+    nodes: list[dict] = []
+
+    def add(node_id: str, layer: str, pos: int, feature_type: str, feature: int, clerp: str, activation: float | None,
+            **extra) -> None:
+        nodes.append({"node_id": node_id, "feature": feature, "layer": layer, "ctx_idx": pos,
+                      "feature_type": feature_type, "jsNodeId": f"{node_id}-{len(nodes)}", "clerp": clerp,
+                      "influence": None, "activation": activation, "token_prob": 0.0, "is_target_logit": False,
+                      **extra})
+
+    for pos, token in enumerate(tokens):
+        add(f"E_{pos + 100}_{pos}", "E", pos, "embedding", pos + 100, f'Emb: "{token}"', None)
+    for layer in range(n_layers):
+        for pos in range(len(tokens)):
+            count = features_per_cell if pos > 0 and layer in transcoders else 0
+            for feature in sorted(rng.choice(n_features, count, replace=False).tolist()):
+                add(f"{layer}_{feature}_{pos}", str(layer), pos, "cross layer transcoder", feature, "",
+                    float(rng.gamma(2.0, 1.5)), de_embedding=rng.choice(vocab, 5).tolist(),
+                    top_logits=rng.choice(vocab, 5).tolist(), sae_path=transcoders[layer])
+            add(f"0_{layer}_{pos}", str(layer), pos, "mlp reconstruction error", 0, f"Error: layer {layer} pos {pos}",
+                None)
+    probs = np.sort(rng.dirichlet(np.ones(n_logits + 1)))[::-1][:n_logits]
+    for i, (token, prob) in enumerate(zip(rng.choice(vocab, n_logits, replace=False).tolist(), probs)):
+        node = f"{n_layers + 1}_{200 + i}_{last}"
+        add(node, str(n_layers + 1), last, "logit", 200 + i, f'output "{token}" (p={prob:.3f})', None)
+        nodes[-1].update(token_prob=float(prob), is_target_logit=i == 0)
+
+    share = rng.exponential(1.0, len(nodes))
+    order = np.argsort(-share)
+    cumulative = np.cumsum(share[order]) / share.sum()
+    for rank, index in enumerate(order):
+        nodes[index]["influence"] = float(cumulative[rank])
+
+    def height(node: dict) -> float:
+        """Where a node sits in the forward pass (errors after their layer's features)."""
+        kind = node["feature_type"]
+        if kind in ("embedding", "logit"):
+            return -1.0 if kind == "embedding" else n_layers + 1.0
+        return int(node["layer"]) + (0.5 if kind == "mlp reconstruction error" else 0.0)
+
+    links: list[dict] = []
+    for target in nodes:
+        if target["feature_type"] in ("embedding", "mlp reconstruction error"):
+            continue
+        below = [n for n in nodes if height(n) < height(target) and n["ctx_idx"] <= target["ctx_idx"]]
+        for i in rng.choice(len(below), min(len(below), 4), replace=False):
+            source, weight = below[i], float(rng.normal(0, 1))
+            link = {"source": source["node_id"], "target": target["node_id"], "weight": weight,
+                    "heads": [], "multi_hop": float(rng.normal(0, 0.05))}
+            if source["feature_type"] == target["feature_type"] == "cross layer transcoder":
+                link.update(dependent=source["activation"], invariant=weight / source["activation"])
+            if source["ctx_idx"] != target["ctx_idx"]:
+                split = rng.dirichlet(np.ones(2)) * weight
+                link["heads"] = [[int(rng.integers(0, n_layers)), h, float(w)] for h, w in enumerate(split)]
+            links.append(link)
+
+    metadata = {"slug": "synthetic", "scan": "synthetic", "prompt_tokens": tokens, "prompt": "".join(tokens[1:]),
+                "node_threshold": 0.8, "edge_threshold": 0.98, "model": "synthetic", "n_layers": n_layers,
+                "transcoders": {str(k): v for k, v in transcoders.items()},
+                "position0_note": "position 0 is left out of the transcoders: its MLP outputs are error nodes"}
+    qk = [{"layer": layer, "head": head, "importance": float(rng.random()),
+           "top": [[last, int(k), float(rng.random())] for k in range(min(3, len(tokens)))]}
+          for layer in range(n_layers) for head in range(2)]
+    return {"metadata": metadata, "nodes": nodes, "links": links,
+            "scores": {"replacement": 0.8, "completeness": 0.9, "replacement_unpruned": 0.85,
+                       "completeness_unpruned": 0.95}, "qk": qk}
