@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from interp.cache import cache_dir
-from interp.errors import InterpError
+from interp.errors import InterpError, file_error
 
 BUILTIN = "python-docs"
 BUILTIN_VERSION = 2  # 2: passages instead of whole files; part of cache keys, so old statistics are not reused
@@ -108,24 +108,35 @@ def _text_field(record: dict, source: Path) -> str:
 
 def _jsonl(path: Path) -> Corpus:
     def docs() -> Iterator[str]:
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        yield _text_field(json.loads(line), path)
-                    except json.JSONDecodeError:
-                        raise InterpError(f"{path}:{n} is not valid JSON; fix that line") from None
+        try:
+            with open(path, encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    if line.strip():
+                        try:
+                            yield _text_field(json.loads(line), path)
+                        except json.JSONDecodeError:
+                            raise InterpError(f"{path}:{n} is not valid JSON; fix that line") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise file_error(path, e) from None
     return Corpus(path.name, docs)
 
 
 def _parquet(path: Path) -> Corpus:
+    """A Parquet file's `text` column; the file's footer is checked now, before any model work."""
     import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        columns = pq.read_schema(path).names
+    except (OSError, pa.ArrowException) as e:
+        raise InterpError(f"{path} is not a readable Parquet file ({' '.join(str(e).split())[:120]}); "
+                          "check or rewrite the file") from None
+    if "text" not in columns:
+        raise InterpError(f"{path} has no 'text' column (columns: {columns}); rename the text column")
 
     def docs() -> Iterator[str]:
-        frame = pd.read_parquet(path)
-        if "text" not in frame.columns:
-            raise InterpError(f"{path} has no 'text' column (columns: {list(frame.columns)}); rename the text column")
-        yield from frame["text"].astype(str)
+        yield from pd.read_parquet(path, columns=["text"])["text"].astype(str)
     return Corpus(path.name, docs)
 
 

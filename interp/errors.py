@@ -7,6 +7,7 @@ normal exception whose message already says what to fix.
 from __future__ import annotations
 
 import difflib
+import errno
 import math
 import numbers
 from collections.abc import Iterable
@@ -35,3 +36,27 @@ def check_finite(name: str, value: Any, above: float | None = None, at_least: fl
             or (at_least is not None and not value >= at_least)):
         raise InterpError(f"{name} must be a finite number{bound} (got {value!r})")
     return float(value)
+
+
+# What to do about an OSError on a path the user named, by errno.
+_FILE_FIXES = {
+    errno.ENOENT: "check the path",
+    errno.EACCES: "fix its permissions or choose another location",
+    errno.EPERM: "fix its permissions or choose another location",
+    errno.EROFS: "the disk is read-only; choose another location",
+    errno.ENOSPC: "the disk is full; free some space or choose another location",
+    errno.EDQUOT: "the disk quota is used up; free some space or choose another location",
+    errno.ENOTDIR: "part of the path is a file, not a folder; check the path",
+    errno.EISDIR: "it is a folder; pass a file",
+    errno.ENAMETOOLONG: "shorten the name",
+}
+# errnos that say something about the user's files or disk, not about our code
+USER_ERRNOS = frozenset(_FILE_FIXES)
+
+
+def file_error(path: Any, error: OSError | UnicodeDecodeError) -> InterpError:
+    """A one-line InterpError for a user-named file that could not be read or written, naming the fix."""
+    if isinstance(error, UnicodeDecodeError):
+        return InterpError(f"{path} is not UTF-8 text (byte {error.start}); save it as UTF-8")
+    fix = _FILE_FIXES.get(error.errno, "check the path, its permissions and the free disk space")
+    return InterpError(f"{path}: {error.strerror or error}; {fix}")

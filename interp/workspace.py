@@ -1,13 +1,17 @@
 """A workspace: a folder of saved results, laid out as `<root>/<kind>/<name>/`, read by the dashboard.
 
 Saving is atomic (written beside, then renamed), so an interrupted save never damages what was
-already there, and a reader never sees half a result.
+already there, and a reader never sees half a result. Names are unique: a save reserves its folder
+with `mkdir` (atomic, so two saves in the same second, or from two threads or processes, get
+`name` and `name-2`) and never replaces anything.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -34,6 +38,22 @@ def slug(text: str, limit: int = 40) -> str:
     return s[:limit].rstrip("-") or "result"
 
 
+def _reserve(kind_dir: Path, base: str) -> Path:
+    """Create and return the first free folder of `base`, `base-2`, `base-3`, ... in `kind_dir`.
+
+    `mkdir` either creates the folder or fails, so concurrent savers can never pick the same name;
+    the folder stays empty (invisible to `entries`, which lists folders with a result.json) until
+    the finished result is renamed onto it."""
+    n = 1
+    while True:
+        folder = kind_dir / (base if n == 1 else f"{base}-{n}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            n += 1
+
+
 class Workspace:
     """A folder of saved results."""
 
@@ -43,20 +63,20 @@ class Workspace:
             raise InterpError(f"workspace {self.root} is a file; pass a folder")
 
     def save(self, result: Result, name: str | None = None) -> Path:
+        """Write `result` to a new folder `<root>/<kind>/<name or time>[-N]/` and return it."""
         kind_dir = self.root / result.kind
         kind_dir.mkdir(parents=True, exist_ok=True)
-        base = slug(name) if name else time.strftime("%Y%m%d-%H%M%S")
-        final, n = kind_dir / base, 1
-        while final.exists():
-            n += 1
-            final = kind_dir / f"{base}-{n}"
+        final = _reserve(kind_dir, slug(name) if name else time.strftime("%Y%m%d-%H%M%S"))
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=kind_dir))
         try:
             result.write(tmp)
             (tmp / "saved.json").write_text(json.dumps({"created": time.time(), "name": final.name}))
-            tmp.rename(final)
-        finally:
+            os.rename(tmp, final)  # replaces the empty reserved folder atomically
+        except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                final.rmdir()
+            raise
         return final
 
     def entries(self, kind: str | None = None) -> list[Entry]:

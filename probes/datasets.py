@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from interp.errors import InterpError, suggest
+from interp.errors import InterpError, file_error, suggest
 
 DATA_DIR = Path(__file__).parent / "data"
 BUILTIN = tuple(sorted(path.stem for path in DATA_DIR.glob("*.csv")))  # written by `python -m probes.generate`
@@ -61,7 +61,9 @@ def _read_table(path: Path) -> pd.DataFrame:
                                                                    "mark": str})
         if path.suffix in (".jsonl", ".json"):
             return pd.read_json(path, lines=path.suffix == ".jsonl", dtype={"group": str, "mark": str})
-    except (ValueError, OSError, pd.errors.ParserError) as e:
+    except (OSError, UnicodeDecodeError) as e:
+        raise file_error(path, e) from None
+    except (ValueError, pd.errors.ParserError) as e:
         raise InterpError(f"cannot read {path} ({e.__class__.__name__}: {str(e).splitlines()[0]}); "
                           "fix the file") from None
     raise InterpError(f"{path} is neither .csv nor .jsonl; save the dataset as one of them")

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from interp.errors import InterpError
+from interp.errors import InterpError, check_finite
 from interp.hooks import check_layer, resid_post
 from interp.results import Result, register_result
 from interp.tokens import answer_token
@@ -204,17 +204,30 @@ def _frame(margins: dict[str, np.ndarray], truth: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame(records)
 
 
+def check_steer(model, dataset: ProbeDataset, method: str = "mass-mean", alpha: float = 1.0, n_eval: int = 60,
+                shots: int = 4, answers: Sequence[str] = ANSWERS, seed: int = 0) -> tuple[int, int]:
+    """Raise a one-line InterpError for steering settings that cannot work; the two answers' token ids.
+
+    Cheap (no forward pass), so callers run it before the probe sweep whose best layer steering uses."""
+    dataset.require_binary()
+    make_probe(method)
+    check_finite("--alpha", alpha)
+    if n_eval < 2:
+        raise InterpError(f"--steer-n must be at least 2, one true and one false statement (got {n_eval})")
+    _split(dataset, n_eval, shots, seed)
+    return _answer_ids(model, answers)
+
+
 def steer(model, dataset: ProbeDataset, layers: Sequence[int], method: str = "mass-mean", alpha: float = 1.0,
           n_eval: int = 60, shots: int = 4, answers: Sequence[str] = ANSWERS, suffix: str = SUFFIX,
           seed: int = 0, batch_size: int = 8, workspace: str | Path | None = None) -> SteeringResult:
     """Fit `method` probes at `layers` on training rows and test their directions causally (see module doc)."""
     from tqdm.auto import tqdm
 
-    dataset.require_binary()
+    answer_ids = check_steer(model, dataset, method, alpha, n_eval, shots, answers, seed)
     layers = sorted({check_layer(model, layer) for layer in layers})
     if not layers:
         raise InterpError("no steering layers chosen; pass e.g. --steer-layers 12")
-    answer_ids = _answer_ids(model, answers)
     train, held, shot_rows = _split(dataset, n_eval, shots, seed)
     acts = cached_activations(model, [dataset.texts[i] for i in train], layers, "last", None, 32, workspace)
     probes = [make_probe(method).fit(acts[i], dataset.labels[train]) for i in range(len(layers))]

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from interp.errors import InterpError
+from interp.errors import InterpError, file_error
 
 from circuits.editing.context import build_batch, subject_last_index
 
@@ -133,7 +133,10 @@ def load_records(path: str | Path) -> list[EditRequest]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise InterpError(f"{path} not found; pass a CounterFact-format .json or .jsonl file")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise file_error(path, e) from None
     try:
         data = json.loads(text)
         records = data if isinstance(data, list) else [data]

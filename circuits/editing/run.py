@@ -21,7 +21,7 @@ from circuits.editing.pmet import PMETSettings, pmet
 from circuits.editing.requests import EditRequest, as_request, check_requests
 from circuits.editing.result import EditResult
 from circuits.editing.rome import ROMESettings, rome
-from circuits.editing.save import save_model
+from circuits.editing.save import check_savable, save_model
 
 METHODS: dict[str, Callable[..., EditHandle]] = {"rome": rome, "memit": memit, "pmet": pmet}
 SETTINGS = {"rome": ROMESettings, "memit": MEMITSettings, "pmet": PMETSettings}
@@ -71,6 +71,8 @@ def edit_and_evaluate(
     cases = [with_true_target(model, as_request(r)) for r in eval_records] if eval_records else reqs
     layers = resolve_layers(model, layers, method)
     check_requests(model, reqs)
+    if save:
+        check_savable(model, save)
     start = time.perf_counter()
     pre = score_cases(model, cases, "pre", generations, gen_tokens, progress)
     edit_start = time.perf_counter()

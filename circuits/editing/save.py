@@ -52,15 +52,27 @@ def _hf_name(names: dict[str, str], layer: int) -> str:
                       f"saving supports names like {DOWN_PROJ_NAMES[0]!r}")
 
 
+def check_savable(model, folder: str | Path) -> tuple[Path, Path, dict[str, str]]:
+    """(destination, source folder, {tensor name: file}) for saving `model` to `folder`.
+
+    Raises a one-line error when saving cannot work (a destination that is a file or not empty, a source
+    without safetensors weights or with unknown MLP weight names); cheap, so editors call it before editing.
+    """
+    out = Path(folder).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InterpError(f"{out} exists and is not empty (or is a file); pass a new folder for the edited model")
+    source = resolve_spec(str(model.cfg.spec))
+    names = _weight_files(source)
+    for layer in range(model.cfg.n_layers):
+        _hf_name(names, layer)
+    return out, source, names
+
+
 def save_model(model, folder: str | Path) -> Path:
     """Write the model with its current (edited) MLP output weights to a new folder `folder`."""
     from safetensors.torch import load_file, save_file
 
-    out = Path(folder).expanduser()
-    if out.exists() and any(out.iterdir()):
-        raise InterpError(f"{out} exists and is not empty; pass a new folder for the edited model")
-    source = resolve_spec(str(model.cfg.spec))
-    names = _weight_files(source)
+    out, source, names = check_savable(model, folder)
     changed: dict[str, dict[str, torch.Tensor]] = {}
     loaded: dict[str, dict[str, torch.Tensor]] = {}
     for layer in range(model.cfg.n_layers):

@@ -2,7 +2,10 @@
 
 Each command lives in its own module with `register(subparsers, common)`, which adds a parser whose
 `run(args)` returns a `Result` (or a list of them). This module prints it (text or `--json`), saves
-it to `--workspace`, and turns bad input into one line on stderr with exit code 2.
+it to `--workspace`, and turns bad input into one line on stderr with exit code 2: usage errors
+(`Parser`), numbers out of range (`interp.cli.types`), output destinations that cannot be written
+(`interp.cli.outputs`, checked before the command runs) and unreadable user files alike. A result that
+was computed is printed even when saving it fails; only genuine bugs exit 1 ("error: internal ...").
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import json
 import os
 import sys
 
-from interp.errors import InterpError
+from interp.cli.outputs import HTML, WORKSPACE, check_outputs, declare_outputs, html_paths
+from interp.cli.types import device
+from interp.errors import USER_ERRNOS, InterpError, file_error
 
 COMMAND_MODULES = [
     "interp.cli.edit",
@@ -29,19 +34,30 @@ COMMAND_MODULES = [
 ]
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line naming the fix (exit 2 through `main`)."""
+
+    def error(self, message: str):
+        raise InterpError(f"{' '.join(message.split())}; see {self.prog} --help")
+
+
 def common_parser() -> argparse.ArgumentParser:
+    """Options every command takes; `--workspace` and `--html` are declared outputs (see `outputs`)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", default="smollm2-135m", help="model spec (default: smollm2-135m)")
-    common.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    common.add_argument("--device", default="cpu", type=device, help="torch device: cpu, cuda, cuda:N, mps "
+                        "(default: cpu)")
     common.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     common.add_argument("--workspace", default=None, help="save the result into this workspace folder")
     common.add_argument("--html", default=None, metavar="FILE",
-                        help="also write the result's figure as a standalone HTML file (opens offline)")
+                        help="also write the result's figure as a standalone .html file (opens offline); "
+                             "several results go to FILE-0.html, FILE-1.html, ...")
+    declare_outputs(common, workspace=WORKSPACE, html=HTML)
     return common
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="interp", description="Mechanistic interpretability toolkit.")
+    parser = Parser(prog="interp", description="Mechanistic interpretability toolkit.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = common_parser()
     for name in COMMAND_MODULES:
@@ -56,18 +72,29 @@ def load_model_for(args):
     return load_model(args.model, device=args.device)
 
 
-def _emit(results, args) -> None:
-    results = results if isinstance(results, list) else [results]
-    saved = []
+def _save(results, args, saved: list[str]) -> None:
+    """Save `results` to `--workspace` (appending each folder to `saved`) and their figures to `--html`."""
     if getattr(args, "workspace", None):
-        saved = [str(r.save(args.workspace)) for r in results]
-        for path in saved:
-            print(f"saved {path}", file=sys.stderr)
+        for r in results:
+            saved.append(str(r.save(args.workspace)))
+            print(f"saved {saved[-1]}", file=sys.stderr)
     if getattr(args, "html", None):
-        for i, r in enumerate(results):
-            path = args.html if len(results) == 1 else args.html.replace(".html", f"-{i}.html")
+        for path, r in zip(html_paths(args.html, len(results)), results, strict=True):
             r.figure().write_html(path, include_plotlyjs=True)
             print(f"wrote {path}", file=sys.stderr)
+
+
+def _emit(results, args) -> int:
+    """Save and print `results`; the exit code. A failed save still prints the result, then one error line."""
+    results = results if isinstance(results, list) else [results]
+    saved: list[str] = []
+    failure = None
+    try:
+        _save(results, args, saved)
+    except Exception as e:  # printed after the result, which must not be lost
+        if os.environ.get("INTERP_DEBUG"):
+            raise
+        failure = e
     if args.json:
         payload = results[0].to_dict() if len(results) == 1 else {"results": [r.to_dict() for r in results]}
         if saved:
@@ -78,25 +105,62 @@ def _emit(results, args) -> None:
         sys.stdout.write("\n")
     else:
         print("\n\n".join(r.summary() for r in results))
+    if failure is None:
+        return 0
+    code, line = _error_line(failure)
+    print(line, file=sys.stderr)
+    return code
+
+
+def _error_line(e: Exception) -> tuple[int, str]:
+    """(exit code, one line) for an exception: 2 for bad input (ours, or the user's files and disk), 1 for a bug."""
+    if isinstance(e, InterpError):
+        return 2, f"error: {e}"
+    if isinstance(e, OSError) and (e.filename is not None or e.errno in USER_ERRNOS):
+        return 2, f"error: {file_error(e.filename or 'output', e)}"
+    return 1, f"error: internal {type(e).__name__}: {' '.join(str(e).split())} (set INTERP_DEBUG=1 for the traceback)"
+
+
+def _check_argv(argv: list[str]) -> None:
+    """Refuse arguments that are not valid UTF-8 (Python passes their bytes through as lone surrogates)."""
+    for arg in argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InterpError(f"argument {ascii(arg)} is not valid UTF-8; retype it or use a UTF-8 terminal") from None
+
+
+def _set_threads() -> None:
+    """Apply INTERP_THREADS (torch's CPU threads) when it is set."""
+    text = os.environ.get("INTERP_THREADS")
+    if text is None:
+        return
+    try:
+        threads = int(text)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise InterpError(f"INTERP_THREADS={text!r} is not a positive whole number; set it to e.g. 4 or unset it")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    import torch
-
-    torch.set_num_threads(int(os.environ.get("INTERP_THREADS", torch.get_num_threads())))
+    """Run the command in `argv` (default: sys.argv); the exit code (0 ok, 2 bad input, 1 a bug, 130 Ctrl-C)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        _emit(args.run(args), args)
-    except InterpError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        _check_argv(argv)
+        args = build_parser().parse_args(argv)
+        _set_threads()
+        check_outputs(args)  # before the command's expensive work
+        return _emit(args.run(args), args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # one line for users; the traceback on request
-        if os.environ.get("INTERP_DEBUG"):
+        if os.environ.get("INTERP_DEBUG") and not isinstance(e, InterpError):
             raise
-        print(f"error: internal {type(e).__name__}: {e} (set INTERP_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 1
-    return 0
+        code, line = _error_line(e)
+        print(line, file=sys.stderr)
+        return code

@@ -1,5 +1,8 @@
 """`interp edit`: rewrite facts with ROME, MEMIT or PMET and score them before and after."""
 
+from interp.cli.outputs import NEW_DIR, declare_outputs
+from interp.cli.types import nonneg_int, positive_int
+
 
 def register(sub, common) -> None:
     p = sub.add_parser("edit", parents=[common], help="edit facts (ROME/MEMIT/PMET) with CounterFact-style scores")
@@ -11,12 +14,13 @@ def register(sub, common) -> None:
     p.add_argument("--method", default="rome", choices=["rome", "memit", "pmet"])
     p.add_argument("--layers", default=None, help="edit layer(s): '5', '3-7' or '3,5' (default: from causal tracing)")
     p.add_argument("--eval", default=None, help="CounterFact-format file of cases to score (default: the edits)")
-    p.add_argument("--generations", type=int, default=1, help="generation prompts per case for fluency (0: none)")
-    p.add_argument("--gen-tokens", type=int, default=50, help="tokens per generation")
+    p.add_argument("--generations", type=nonneg_int, default=1, help="generation prompts per case for fluency (0: none)")
+    p.add_argument("--gen-tokens", type=positive_int, default=50, help="tokens per generation")
     p.add_argument("--corpus", default=None, help="corpus for the key statistics (default: built-in)")
-    p.add_argument("--stats-tokens", type=int, default=None, help="corpus tokens for the key statistics")
+    p.add_argument("--stats-tokens", type=positive_int, default=None, help="corpus tokens for the key statistics")
     p.add_argument("--save", default=None, help="save the edited model as a Hugging Face folder here")
     p.set_defaults(run=run)
+    declare_outputs(p, save=NEW_DIR)
 
 
 def _requests(args):
@@ -37,15 +41,12 @@ def _requests(args):
 
 def run(args):
     from interp.cli import load_model_for
-    from interp.errors import InterpError
 
     from circuits.editing import edit_and_evaluate, load_records
     from circuits.editing.run import settings_for
 
     requests = _requests(args)
     eval_records = load_records(args.eval) if args.eval else None
-    if args.generations < 0 or args.gen_tokens < 1:
-        raise InterpError("--generations must be >= 0 and --gen-tokens >= 1")
     settings = settings_for(args.method, args.corpus, args.stats_tokens)
     model = load_model_for(args)
     result, _ = edit_and_evaluate(

@@ -3,24 +3,26 @@ residual peaks, secondary sinks and the zero/mean intervention; `--checkpoints` 
 
 from __future__ import annotations
 
+from interp.cli.types import int_range, nonneg_int, positive_float, positive_int, probability
+
 
 def register(sub, common) -> None:
     p = sub.add_parser("outliers", parents=[common],
                        help="massive activations, attention sinks, value drains, norm peaks, secondary sinks")
     p.add_argument("prompts", nargs="*", metavar="PROMPT", help="analyse these prompts instead of a corpus")
     p.add_argument("--corpus", default=None, help="text/JSONL/Parquet file or folder (default: built-in corpus)")
-    p.add_argument("--tokens", type=int, default=2048, help="corpus tokens to analyse (default: 2048)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--top-k", type=int, default=10, help="largest magnitudes kept per layer")
-    p.add_argument("--abs-threshold", type=float, default=100.0, help="massive: |h| above this (default: 100)")
-    p.add_argument("--ratio-threshold", type=float, default=1000.0,
+    p.add_argument("--tokens", type=positive_int, default=2048, help="corpus tokens to analyse (default: 2048)")
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--seq-len", type=int_range(2), default=128)
+    p.add_argument("--top-k", type=positive_int, default=10, help="largest magnitudes kept per layer")
+    p.add_argument("--abs-threshold", type=positive_float, default=100.0, help="massive: |h| above this (default: 100)")
+    p.add_argument("--ratio-threshold", type=positive_float, default=1000.0,
                    help="massive: |h| >= this x the median |h| of its hidden state (default: 1000)")
-    p.add_argument("--sink-threshold", type=float, default=0.3, help="sink head: attention received > this")
-    p.add_argument("--cos-threshold", type=float, default=0.9,
+    p.add_argument("--sink-threshold", type=probability, default=0.3, help="sink head: attention received > this")
+    p.add_argument("--cos-threshold", type=probability, default=0.9,
                    help="secondary sink: |cos| with the first token's hidden state > this")
     p.add_argument("--secondary-layers", default=None, help="hidden states to scan, e.g. '4-20' (default: 1..L-1)")
-    p.add_argument("--ppl-tokens", type=int, default=1024,
+    p.add_argument("--ppl-tokens", type=nonneg_int, default=1024,
                    help="corpus tokens for the zero/mean perplexity test; 0 skips it (default: 1024)")
     p.add_argument("--checkpoints", nargs="+", default=None, metavar="SPEC",
                    help="compare these models, or every checkpoint folder in one folder (ignores --model)")

@@ -6,6 +6,9 @@ of the corpus, gradients averaged with DistributedDataParallel); only process 0 
 
 from __future__ import annotations
 
+from interp.cli.outputs import Output, declare_outputs
+from interp.cli.types import int_range, nonneg_float, nonneg_int, positive_float, positive_int
+
 
 def register(sub, common) -> None:
     p = sub.add_parser("sae", help="train, evaluate and analyse SAEs and transcoders")
@@ -16,45 +19,55 @@ def register(sub, common) -> None:
     t.add_argument("--hook-out", default=None, help="transcoder target hook, e.g. blocks.15.hook_mlp_out "
                    "(then --hook is blocks.15.ln2.hook_normalized)")
     t.add_argument("--arch", default="topk", choices=["relu", "topk", "batchtopk", "jumprelu"])
-    t.add_argument("--k", type=int, default=32, help="active latents per token (topk, batchtopk)")
+    t.add_argument("--k", type=positive_int, default=32, help="active latents per token (topk, batchtopk)")
     width = t.add_mutually_exclusive_group()
-    width.add_argument("--width", type=int, default=None, help="number of latents")
-    width.add_argument("--expansion", type=float, default=8.0, help="latents per input dimension (default 8)")
-    t.add_argument("--tokens", type=int, default=2_000_000, help="training tokens (default 2M)")
+    width.add_argument("--width", type=positive_int, default=None, help="number of latents")
+    width.add_argument("--expansion", type=positive_float, default=8.0, help="latents per input dimension (default 8)")
+    t.add_argument("--tokens", type=positive_int, default=2_000_000, help="training tokens (default 2M)")
     t.add_argument("--corpus", default=None, help="text file, folder, .jsonl, .parquet (default: built-in)")
     t.add_argument("--out", required=True, help="folder for cfg.json + sae_weights.safetensors and checkpoints")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    t.add_argument("--lr", type=float, default=None, help="peak learning rate")
-    t.add_argument("--batch-tokens", type=int, default=None, help="tokens per optimizer step (all processes)")
-    t.add_argument("--sparsity-coefficient", type=float, default=None, help="L1 (relu) / L0 (jumprelu) coefficient")
-    t.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default 128)")
-    t.add_argument("--lm-batch-size", type=int, default=None, help="sequences per model forward pass (default 16)")
-    t.add_argument("--buffer-tokens", type=int, default=None, help="mixing buffer per process (default 32768)")
-    t.add_argument("--checkpoint-every", type=int, default=None, help="tokens between checkpoints (0: none)")
-    t.add_argument("--seed", type=int, default=None)
-    t.add_argument("--outlier-ratio", type=float, default=None,
+    t.add_argument("--lr", type=positive_float, default=None, help="peak learning rate")
+    t.add_argument("--batch-tokens", type=positive_int, default=None, help="tokens per optimizer step (all processes)")
+    t.add_argument("--sparsity-coefficient", type=nonneg_float, default=None, help="L1 (relu) / L0 (jumprelu) coefficient")
+    t.add_argument("--seq-len", type=int_range(2), default=None, help="tokens per sequence (default 128)")
+    t.add_argument("--lm-batch-size", type=positive_int, default=None, help="sequences per model forward pass (default 16)")
+    t.add_argument("--buffer-tokens", type=positive_int, default=None, help="mixing buffer per process (default 32768)")
+    t.add_argument("--checkpoint-every", type=nonneg_int, default=None, help="tokens between checkpoints (0: none)")
+    t.add_argument("--seed", type=nonneg_int, default=None)
+    t.add_argument("--outlier-ratio", type=nonneg_float, default=None,
                    help="leave out tokens whose norm exceeds this x the median (massive activations; default 10, 0 keeps all)")
     t.set_defaults(run=run_train)
+    declare_outputs(t, out=Output("dir", unless="resume", why="to continue an interrupted run in it"))
 
     e = actions.add_parser("eval", parents=[common], help="L0, explained variance, CE loss score, dead latents")
     e.add_argument("dir", help="SAE folder (ours or sae-lens's)")
-    e.add_argument("--tokens", type=int, default=16_384, help="held-out tokens to evaluate on")
+    e.add_argument("--tokens", type=positive_int, default=16_384, help="held-out tokens to evaluate on")
     e.add_argument("--corpus", default=None, help="evaluation corpus (default: the training corpus, read backwards)")
-    e.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    e.add_argument("--batch-size", type=positive_int, default=8, help="sequences per forward pass")
     e.add_argument("--hook", default=None, help="input hook, when cfg.json does not name it")
     e.add_argument("--hook-out", default=None, help="transcoder output hook, when cfg.json does not name it")
     e.set_defaults(run=run_eval)
 
     f = actions.add_parser("features", parents=[common], help="per-latent statistics and contexts for the dashboard")
     f.add_argument("dir", help="SAE folder")
-    f.add_argument("--tokens", type=int, default=131_072, help="tokens to collect statistics over")
+    f.add_argument("--tokens", type=positive_int, default=131_072, help="tokens to collect statistics over")
     f.add_argument("--corpus", default=None, help="corpus (default: the training corpus, read backwards)")
     f.add_argument("--name", default=None, help="name of the feature set in the workspace (default: folder name)")
-    f.add_argument("--top", type=int, default=16, help="top activating contexts per latent")
-    f.add_argument("--quantiles", type=int, default=4, help="quantile groups per latent")
-    f.add_argument("--per-quantile", type=int, default=4, help="contexts per quantile group")
-    f.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
+    f.add_argument("--top", type=positive_int, default=16, help="top activating contexts per latent")
+    f.add_argument("--quantiles", type=nonneg_int, default=4, help="quantile groups per latent")
+    f.add_argument("--per-quantile", type=nonneg_int, default=4, help="contexts per quantile group")
+    f.add_argument("--batch-size", type=positive_int, default=16, help="sequences per forward pass")
+    f.add_argument("--force", action="store_true", help="replace a feature set of the same name")
     f.set_defaults(run=run_features)
+    declare_outputs(f, name=Output("dir", unless="force", why="to replace it", path=_feature_folder))
+
+
+def _feature_folder(args):
+    """Where `sae features` writes its tables (None without --workspace, which `run_features` asks for)."""
+    from interp.sae.features import feature_folder
+
+    return feature_folder(args.workspace, args.dir, args.name) if args.workspace else None
 
 
 def run_train(args):
@@ -103,4 +116,4 @@ def run_features(args):
     sae = load_sae(args.dir, device=args.device)
     return feature_statistics(load_model_for(args), sae, args.workspace, path=args.dir, name=args.name,
                               tokens=args.tokens, corpus=args.corpus, n_top=args.top, quantiles=args.quantiles,
-                              per_quantile=args.per_quantile, batch_size=args.batch_size)
+                              per_quantile=args.per_quantile, batch_size=args.batch_size, force=args.force)

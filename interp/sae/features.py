@@ -227,18 +227,30 @@ def _write(folder: Path, features: pd.DataFrame, contexts: pd.DataFrame, info: d
     (folder / META_FILE).write_text(json.dumps(info, indent=1))  # last: the dashboard lists folders that have it
 
 
-@torch.no_grad()
-def feature_statistics(model, sae, workspace: str | Path, path: str | Path | None = None, name: str | None = None,
-                       tokens: int = 131_072, corpus: str | Corpus | None = None, n_top: int = 16, quantiles: int = 4,
-                       per_quantile: int = 4, batch_size: int = 16, progress: bool = True) -> FeatureStatsResult:
-    """Compute and write `<workspace>/sae_features/<name>/` for `sae` (from `load_sae(path)`)."""
-    started = time.perf_counter()
-    info = io.training_info(path) if path else {}
-    hook, hook_out = io.sae_hooks(sae)
-    io.check_fits(model, sae, hook, hook_out)
+def feature_folder(workspace: str | Path, path: str | Path | None = None, name: str | None = None) -> Path:
+    """`<workspace>/sae_features/<name>/`, the name defaulting to the SAE folder's; raises for unsafe names."""
     name = name or (Path(path).resolve().name if path else "sae")
     if not name or name.startswith(".") or not all(c.isalnum() or c in "._-" for c in name):
         raise InterpError(f"feature set name {name!r} must be letters, digits, '.', '_' or '-'; pass --name")
+    return Path(workspace) / FEATURES_DIR / name
+
+
+@torch.no_grad()
+def feature_statistics(model, sae, workspace: str | Path, path: str | Path | None = None, name: str | None = None,
+                       tokens: int = 131_072, corpus: str | Corpus | None = None, n_top: int = 16, quantiles: int = 4,
+                       per_quantile: int = 4, batch_size: int = 16, progress: bool = True,
+                       force: bool = False) -> FeatureStatsResult:
+    """Compute and write `<workspace>/sae_features/<name>/` for `sae` (from `load_sae(path)`); an existing
+    feature set of that name is replaced only with `force`."""
+    started = time.perf_counter()
+    final = feature_folder(workspace, path, name)
+    if final.exists() and not force:
+        raise InterpError(f"feature set {final.name!r} already exists in {workspace}; pass --force to replace it "
+                          "or choose another --name")
+    name = final.name
+    info = io.training_info(path) if path else {}
+    hook, hook_out = io.sae_hooks(sae)
+    io.check_fits(model, sae, hook, hook_out)
     meta = sae.cfg.metadata
     skip = meta.skip_positions if meta.skip_positions is not None else 1
     seq_len = meta.context_size or 128
@@ -260,10 +272,8 @@ def feature_statistics(model, sae, workspace: str | Path, path: str | Path | Non
                  "d_sae": sae.cfg.d_sae, "n_tokens": acts.n_tokens, "corpus": corpus.name, "sae_path": str(path or "")}
     if hook_out:
         info_json["hook_out"] = hook_out
-    base = Path(workspace) / FEATURES_DIR
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=base))
-    final = base / name
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
     try:
         _write(tmp, features, contexts, info_json, Path(path) if path else None, n_top + quantiles * per_quantile)
         shutil.rmtree(final, ignore_errors=True)
