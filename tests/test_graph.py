@@ -19,7 +19,7 @@ from circuits.graph.frozen import Frozen, capture
 from circuits.graph.heads import endpoints, split_links
 from circuits.graph.naive import NaiveAttribution
 from circuits.graph.nodes import find_nodes
-from circuits.graph.prune import Layout, prune
+from circuits.graph.prune import Layout, graph_scores, prune
 from circuits.graph.result import EMBEDDING, ERROR, FEATURE, LOGIT, NODE_TYPES
 from interp.cli import main
 from interp.errors import InterpError
@@ -165,6 +165,12 @@ def test_pruning_invariants(case):
     assert full.node_mask[layout.tokens.start:].all()
     kept = set(loose.node_mask.nonzero()[:, 0].tolist())
     assert all(t in kept and s in kept for t, s in loose.edges.tolist())
+    # scores: pruning can only lose explanation; pruning nothing loses none
+    unpruned = graph_scores(att.adjacency, weights, layout)
+    for score, whole in zip(graph_scores(att.adjacency, weights, layout, tight.node_mask), unpruned):
+        assert 0 <= score <= whole + 1e-6 <= 1 + 1e-6
+    keep_all = torch.ones_like(full.node_mask)
+    assert graph_scores(att.adjacency, weights, layout, keep_all) == pytest.approx(unpruned)
     # cumulative influence: the most influential node has the smallest share, and shares rise to 1
     order = torch.argsort(loose.node_influence, descending=True)
     shares = loose.cumulative[order]
@@ -247,7 +253,8 @@ def test_spliced_model_without_changes_is_the_clean_model(case):
 def test_frozen_checks_match_predictions_where_the_graph_is_exact(case):
     """With patterns and norms frozen, a feature with no later features moves the logit exactly as predicted."""
     model, tcs, att = case
-    checks, _ = run_checks(model, att, tcs, n=40, frozen=True)
+    checks, rho = run_checks(model, att, tcs, n=40, frozen=True)
+    assert rho > 0.95  # earlier features differ only where a later feature switches on or off
     last = str(max(tcs))
     exact = [c for c in checks if c["node_id"].split("_")[0] == last]
     assert len(exact) >= 3

@@ -110,6 +110,45 @@ class Attribution:
         return int(hit[0]) if len(hit) else -1
 
 
+def _most_influential(frozen: Frozen, nodes: Nodes, limit: int, batch_size: int, logit_rows: torch.Tensor, run):
+    """(selected, adjacency, constants, dropped, kept candidate columns) of the `limit` features circuit-tracer
+    would pick: rows are attributed in batches, most influential on the logits first, re-ranked by the
+    partial influence of the rows so far every UPDATE_INTERVAL batches. Logit rows are left to the caller."""
+    F, K, n_all = nodes.n_features, nodes.n_logits, nodes.n_all
+    rows = logit_rows.new_zeros(limit, n_all)
+    const = logit_rows.new_zeros(limit)
+    order = torch.empty(limit, dtype=torch.long)
+    done = 0
+
+    def into_buffer(chunk, chunk_rows, chunk_const):
+        nonlocal done
+        rows[done:done + len(chunk)] = chunk_rows
+        const[done:done + len(chunk)] = chunk_const
+        order[done:done + len(chunk)] = chunk.cpu()
+        done += len(chunk)
+
+    visited = torch.zeros(F, dtype=torch.bool)
+    while done < limit:
+        row_nodes = torch.cat([torch.arange(n_all - K, n_all), order[:done]]).to(rows.device)
+        influence = _partial_influence(torch.cat([logit_rows, rows[:done]]), row_nodes, nodes.logit_probs)[:F].cpu()
+        rank = torch.argsort(influence, descending=True, stable=True)
+        pending = rank[~visited[rank]][:min(UPDATE_INTERVAL * batch_size, limit - done)]
+        visited[pending] = True
+        run(pending.to(nodes.feat_layer.device), into_buffer)
+    selected, by_feature = order.sort()
+    by_feature, selected = by_feature.to(rows.device), selected.to(rows.device)
+    rows, const = rows[by_feature], const[by_feature]
+    keep = torch.cat([selected, torch.arange(F, n_all, device=selected.device)])
+    N, S = len(keep), limit
+    adjacency = rows.new_zeros(N, N)
+    adjacency[:S] = rows[:, keep]
+    constants = rows.new_zeros(N)
+    constants[:S] = const
+    dropped = rows.new_zeros(N)
+    dropped[:S] = rows.sum(1) - adjacency[:S].sum(1)
+    return selected, adjacency, constants, dropped, keep
+
+
 def _partial_influence(rows: torch.Tensor, row_nodes: torch.Tensor, logit_probs: torch.Tensor) -> torch.Tensor:
     """Influence on the logits of every candidate node, from the rows attributed so far (circuit-tracer's
     ranking for --max-feature-nodes): normalised |rows| propagated from the logits' probabilities."""
@@ -155,54 +194,40 @@ def attribute(frozen: Frozen, nodes: Nodes, max_feature_nodes: int | None = None
                                           torch.full((K,), frozen.n_pos - 1, device=nodes.logit_ids.device),
                                           nodes.logit_read)
     limit = F if max_feature_nodes is None else min(max_feature_nodes, F)
-    feat_rows = logit_rows.new_zeros(limit, n_all)
-    feat_const = logit_rows.new_zeros(limit)
-    order = torch.empty(limit, dtype=torch.long)
-    done = 0
     bar = _Progress(limit, progress)
+    device = logit_rows.device
 
-    def run(batch: torch.Tensor) -> None:
-        nonlocal done
-        for chunk in batch.split(batch_size):
+    def run(batch: torch.Tensor, store: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]) -> None:
+        for chunk in batch.split(batch_size) if len(batch) else ():
             rows, const = target_rows(frozen, nodes, nodes.feat_layer[chunk], nodes.feat_pos[chunk],
                                       nodes.feat_read[chunk])
-            feat_rows[done:done + len(chunk)] = rows
-            feat_const[done:done + len(chunk)] = const
-            order[done:done + len(chunk)] = chunk.cpu()
-            done += len(chunk)
+            store(chunk, rows, const)
             bar.step(len(chunk))
 
-    if limit == F:  # everything: batches of one position each (the cheapest grouping), last position first
-        run(torch.argsort(nodes.feat_pos * (L + 1) - nodes.feat_layer, descending=True, stable=True))
-    else:
-        visited = torch.zeros(F, dtype=torch.bool)
-        while done < limit:
-            row_nodes = torch.cat([torch.arange(n_all - K, n_all), order[:done]])
-            influence = _partial_influence(torch.cat([logit_rows, feat_rows[:done]]), row_nodes.to(logit_rows.device),
-                                           nodes.logit_probs)[:F].cpu()
-            rank = torch.argsort(influence, descending=True, stable=True)
-            pending = rank[~visited[rank]][:min(UPDATE_INTERVAL * batch_size, limit - done)]
-            visited[pending] = True
-            run(pending.to(nodes.feat_layer.device))
+    if limit == F:  # every feature: rows go straight into the adjacency (graph order = candidate order)
+        selected = torch.arange(F, device=device)
+        adjacency = logit_rows.new_zeros(n_all, n_all)
+        constants = logit_rows.new_zeros(n_all)
+        dropped = logit_rows.new_zeros(n_all)
 
-    selected, by_feature = order.sort()
-    feat_rows, feat_const = feat_rows[by_feature.to(feat_rows.device)], feat_const[by_feature.to(feat_rows.device)]
-    selected = selected.to(feat_rows.device)
-    keep = torch.cat([selected, torch.arange(F, n_all, device=selected.device)])
-    N = len(keep)
-    adjacency = feat_rows.new_zeros(N, N)
-    constants = feat_rows.new_zeros(N)
-    dropped = feat_rows.new_zeros(N)
-    values = torch.full((N,), float("nan"), device=feat_rows.device)
-    S = len(selected)
-    left_out = torch.ones(n_all, dtype=torch.bool, device=keep.device)
-    left_out[keep] = False
-    for rows_, const, target_slice, own_bias, value in (
-            (feat_rows, feat_const, slice(0, S), nodes.feat_bias[selected], nodes.pre_activation[selected]),
-            (logit_rows, logit_const, slice(N - K, N), nodes.logit_bias, nodes.logit_value)):
-        adjacency[target_slice] = rows_[:, keep]
-        constants[target_slice] = const + own_bias
-        dropped[target_slice] = rows_[:, left_out].sum(1)
-        values[target_slice] = value
+        def into_graph(chunk, rows, const):
+            adjacency[chunk] = rows
+            constants[chunk] = const
+
+        # batches of one position each (the cheapest grouping: a batch costs its longest prefix), last first
+        run(torch.argsort(nodes.feat_pos * (L + 1) - nodes.feat_layer, descending=True, stable=True), into_graph)
+        keep = torch.arange(n_all, device=device)
+    else:
+        selected, adjacency, constants, dropped, keep = _most_influential(frozen, nodes, limit, batch_size,
+                                                                          logit_rows, run)
+    N, S = len(keep), len(selected)
+    adjacency[N - K:] = logit_rows[:, keep]
+    constants[N - K:] = logit_const
+    constants[:S] += nodes.feat_bias[selected]
+    constants[N - K:] += nodes.logit_bias
+    dropped[N - K:] = logit_rows.sum(1) - adjacency[N - K:].sum(1)
+    values = torch.full((N,), float("nan"), device=device)
+    values[:S] = nodes.pre_activation[selected]
+    values[N - K:] = nodes.logit_value
     return Attribution(frozen=frozen, nodes=nodes, selected=selected, adjacency=adjacency, constants=constants,
                        dropped=dropped, values=values, seconds=time.perf_counter() - began)

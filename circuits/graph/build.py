@@ -20,7 +20,7 @@ from circuits.graph.attribute import Attribution, attribute
 from circuits.graph.check import run_checks
 from circuits.graph.frozen import Frozen, capture
 from circuits.graph.nodes import Nodes, find_nodes
-from circuits.graph.prune import Layout, graph_scores, influence, normalize, prune, pruned_subgraph
+from circuits.graph.prune import Layout, graph_scores, influence, normalize, prune
 from circuits.graph.result import (EMBEDDING, ERROR, FEATURE, LOGIT, AttributionGraph, embedding_id, error_id,
                                    feature_id, logit_id)
 from interp.errors import InterpError
@@ -163,11 +163,11 @@ def describe(model, att: Attribution, transcoders: dict[int, object], folders: d
     weights = att.logit_weights()
     normalized = normalize(att.adjacency)
     node_influence = influence(normalized, weights)
-    unpruned = graph_scores(att.adjacency, weights, layout, normalized, node_influence)
-    del normalized
     pruned = prune(att.adjacency, weights, layout, config.node_threshold, config.edge_threshold, node_influence)
-    sub, sub_layout = pruned_subgraph(att.adjacency, pruned, layout)
-    replacement, completeness = graph_scores(sub, weights[pruned.node_mask], sub_layout)
+    unpruned = graph_scores(att.adjacency, weights, layout, None, normalized, node_influence)
+    replacement, completeness = graph_scores(att.adjacency, weights, layout, pruned.node_mask, normalized,
+                                             node_influence)
+    del normalized
     timings["prune"] = time.perf_counter() - clock
 
     clock = time.perf_counter()

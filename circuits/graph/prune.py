@@ -120,33 +120,26 @@ def prune(adjacency: torch.Tensor, logit_weights: torch.Tensor, layout: Layout, 
 
 
 def graph_scores(adjacency: torch.Tensor, logit_weights: torch.Tensor, layout: Layout,
-                 normalized: torch.Tensor | None = None, node_influence: torch.Tensor | None = None
-                 ) -> tuple[float, float]:
+                 node_mask: torch.Tensor | None = None, normalized: torch.Tensor | None = None,
+                 node_influence: torch.Tensor | None = None) -> tuple[float, float]:
     """circuit-tracer's (replacement score, completeness score) of a graph.
 
     Replacement: the share of the embeddings' and errors' influence on the logits that the embeddings
     hold (1 = everything flows from tokens through features). Completeness: the share of each node's
     normalised input that does not come from error nodes, averaged with weights (influence + logit weight).
+    With `node_mask` (a pruned graph), features pruned away count as error nodes: what they carried is no
+    longer explained by the graph (the way the circuit-tracing paper scores pruned graphs).
     """
     normalized = normalize(adjacency) if normalized is None else normalized
     node_influence = influence(normalized, logit_weights) if node_influence is None else node_influence
+    errors = torch.zeros(len(adjacency), dtype=torch.bool, device=adjacency.device)
+    errors[layout.errors] = True
+    if node_mask is not None:
+        errors[:layout.n_features] = ~node_mask[:layout.n_features]
     token_influence = node_influence[layout.tokens].sum()
-    error_influence = node_influence[layout.errors].sum()
+    error_influence = node_influence[errors].sum()
     replacement = token_influence / (token_influence + error_influence).clamp(min=1e-30)
-    non_error = 1 - normalized[:, layout.errors].sum(-1)
+    non_error = 1 - normalized[:, errors].sum(-1)
     output_influence = node_influence + logit_weights
     completeness = (non_error * output_influence).sum() / output_influence.sum()
     return float(replacement), float(completeness)
-
-
-def pruned_subgraph(adjacency: torch.Tensor, pruned: Pruned, layout: Layout) -> tuple[torch.Tensor, Layout]:
-    """(adjacency over the kept nodes with only the kept links, its layout): the pruned graph to score."""
-    kept = pruned.node_mask.nonzero()[:, 0]
-    index = torch.full((len(adjacency),), -1, dtype=torch.long)
-    index[kept] = torch.arange(len(kept))
-    out = adjacency.new_zeros(len(kept), len(kept))
-    t, s = pruned.edges[:, 0], pruned.edges[:, 1]
-    out[index[t], index[s]] = adjacency[t, s]
-    bounds = torch.tensor([layout.n_features, layout.errors.stop, layout.tokens.stop])
-    n_f, n_fe, n_fet = torch.searchsorted(kept, bounds).tolist()
-    return out, Layout(n_f, n_fe - n_f, n_fet - n_fe, len(kept) - n_fet)

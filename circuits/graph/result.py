@@ -69,7 +69,8 @@ class AttributionGraph(Result):
     links: source, target, weight; feature->feature links also invariant x dependent = weight; every link
         carries its attention split: residual (same position, no head) + heads [[layer, head, weight], ...]
         (the largest single-head paths) + other_heads (the remaining single-head paths) + multi_hop = weight.
-    scores: replacement / completeness of the pruned graph and of the unpruned one (circuit-tracer's).
+    scores: circuit-tracer's replacement / completeness of the unpruned graph, and of the pruned one (the
+        features pruned away counted as error nodes).
     qk: per head, how much the target logit depends on its frozen attention pattern.
     checks: interventions in the spliced model beside the graph's predictions (empty unless asked for).
     """
