@@ -29,6 +29,7 @@ import torch
 from interp.errors import InterpError, check_finite
 from interp.hooks import check_layer, resid_post
 from interp.results import Result, register_result
+from interp.steering.core import add_hook as steering_add_hook
 from interp.tokens import answer_token
 from probes.collect import cached_activations, tokenize
 from probes.datasets import ProbeDataset
@@ -119,10 +120,8 @@ def _answer_ids(model, answers: Sequence[str]) -> tuple[int, int]:
 
 
 def add_hook(layer: int, vector: torch.Tensor, mask: torch.Tensor) -> Hook:
-    """Add `vector` to the residual after block `layer` where `mask` [B, T] is set."""
-    def fn(resid, hook):
-        return resid + mask[..., None].to(resid.dtype) * vector.to(resid)
-    return resid_post(layer), fn
+    """Add `vector` to the residual after block `layer` where `mask` [B, T] is set (interp.steering's addition)."""
+    return steering_add_hook(resid_post(layer), vector, mask)
 
 
 def ablate_hook(layer: int, direction: torch.Tensor, mean: float, mask: torch.Tensor) -> Hook:
