@@ -31,6 +31,7 @@ COMMAND_MODULES = [
     "interp.cli.trace",
     "interp.cli.patch",
     "interp.cli.graph",
+    "interp.cli.steer",
 ]
 
 
