@@ -18,19 +18,18 @@ rebinding): its requests carry the page's domain as their Host.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import socket
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterable
 import urllib.parse
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-import flask
 
+import flask
 from dash import Dash, Input, Output, dcc, html
 
 from dashboards import result_views  # noqa: F401  (registers the dedicated result pages)
@@ -40,9 +39,9 @@ from dashboards.context import Context
 from dashboards.feature_store import FEATURES_DIR, feature_set_names
 from dashboards.features import feature_list_page, feature_page, register_feature_callbacks
 from dashboards.graph_page import register_graph_callbacks
-from dashboards.views import result_page
+from dashboards.views import result_page, saved_prompt
 from interp.errors import InterpError
-from interp.workspace import Workspace
+from interp.workspace import Entry, Workspace
 
 ASSETS = Path(__file__).parent / "assets"
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -149,12 +148,11 @@ def render(ctx: Context, pathname: str | None, search: str | None) -> list[Any]:
                         "half-written or from another version; re-run the analysis that wrote it.", "error")]
 
 
-def _prompt_of(path: Path) -> str:
+def _prompt_of(entry: Entry) -> str:
     try:
-        prompt = json.loads((path / "result.json").read_text())["json"].get("prompt")
-    except (OSError, ValueError, KeyError, AttributeError):
+        return saved_prompt(entry)
+    except InterpError:
         return ""
-    return prompt if isinstance(prompt, str) else ""
 
 
 def _incomplete(ctx: Context) -> list[str]:
@@ -171,6 +169,10 @@ def home_page(ctx: Context) -> list[Any]:
     if incomplete:
         parts.append(message(f"Skipped {len(incomplete)} incomplete folder(s) (still being written, or "
                              f"interrupted): {', '.join(incomplete[:5])}"))
+    damaged = [f"{e.kind}/{e.name}: {e.note}" for e in entries if e.note]
+    if damaged:
+        parts.append(message(f"{len(damaged)} result(s) are shown with their folder's time: {'; '.join(damaged[:5])}",
+                             "error"))
     names = feature_set_names(ctx)
     if not entries and not names:
         parts.append(message("This workspace has no saved results yet. Save one with `--workspace "
@@ -179,7 +181,7 @@ def home_page(ctx: Context) -> list[Any]:
     if entries:
         rows = [html.Tr([html.Td(e.kind), html.Td(dcc.Link(e.name, href=f"/result/{e.kind}/{e.name}")),
                          html.Td(time.strftime("%Y-%m-%d %H:%M", time.localtime(e.created))),
-                         html.Td(_prompt_of(e.path), className="toks")]) for e in entries]
+                         html.Td(_prompt_of(e), className="toks")]) for e in entries]
         header = html.Tr([html.Th(t) for t in ("kind", "result", "saved", "prompt")])
         parts += [html.H3("Saved results"), html.Table([header] + rows, className="list", id="results")]
     if names:
@@ -209,13 +211,13 @@ class Server:
         from werkzeug.serving import make_server
 
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        if hasattr(app, "allowed_hosts") and host_name(host) not in WILDCARD_HOSTS:
+            app.allowed_hosts.add(host_name(host))  # requests to the address it listens on
         self._server = make_server(host, port if _can_bind(host, port) else 0, app.server, threaded=True)
         self.port = self._server.server_port
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{self.port}/"
         self._thread: threading.Thread | None = None
-        if hasattr(app, "allowed_hosts") and host_name(host) not in WILDCARD_HOSTS:
-            app.allowed_hosts.add(host_name(host))  # requests to the address it listens on
 
     def start(self) -> Server:
         """Serve in a background thread (for tests and notebooks); returns self."""

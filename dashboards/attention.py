@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import json
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,16 @@ from dash.exceptions import PreventUpdate
 from dashboards.components import graph, message, token_strip
 from dashboards.context import Context
 from dashboards.figures import attention_heatmap, attention_multiples, sink_map
-from dashboards.views import entry_key, figure_section, find_entry, register_view, summary_section, table_section
+from dashboards.views import (
+    entry_key,
+    figure_section,
+    find_entry,
+    register_view,
+    saved_prompt,
+    stored_meta,
+    summary_section,
+    table_section,
+)
 from interp.errors import InterpError
 from interp.hooks import check_layer, pattern
 from interp.plotting import escape_label
@@ -110,14 +119,31 @@ def live_source(ctx: Context, prompt: str) -> dict[str, Any]:
             "n_layers": model.cfg.n_layers, "n_heads": model.cfg.n_heads}
 
 
-def saved_source(ctx: Context, name: str) -> dict[str, Any]:
-    from safetensors import safe_open
+def read_patterns(entry: Entry, read: Callable[[Any], Any]) -> Any:
+    """`read(f)` on the entry's saved patterns (an open safetensors file, read lazily); a damaged file
+    becomes an InterpError that names it."""
+    from safetensors import SafetensorError, safe_open
 
+    try:
+        with safe_open(str(entry.path / "tensors.safetensors"), "pt") as f:
+            return read(f)
+    except (OSError, ValueError, IndexError, SafetensorError) as e:
+        raise InterpError(f"{entry.kind}/{entry.name}/tensors.safetensors is damaged ({type(e).__name__}: {e}); "
+                          "save the patterns again") from e
+
+
+def saved_source(ctx: Context, name: str) -> dict[str, Any]:
     entry = find_entry(ctx, "attention", name)
-    fields = json.loads((entry.path / "result.json").read_text())["json"]
-    with safe_open(str(entry.path / "tensors.safetensors"), "pt") as f:
-        n_layers, n_heads = f.get_slice("pattern").get_shape()[:2]
-    return {"type": "saved", "name": entry.name, "prompt": fields["prompt"], "tokens": fields["tokens"],
+    prompt, tokens = saved_prompt(entry), stored_meta(entry)["json"].get("tokens")
+    if not isinstance(tokens, list):
+        raise InterpError(f"attention/{entry.name}/result.json holds no tokens; save the patterns again")
+
+    def shape(f) -> tuple[int, int]:
+        n_layers, n_heads, _, _ = f.get_slice("pattern").get_shape()
+        return n_layers, n_heads
+
+    n_layers, n_heads = read_patterns(entry, shape)
+    return {"type": "saved", "name": entry.name, "prompt": prompt, "tokens": tokens,
             "n_layers": n_layers, "n_heads": n_heads}
 
 
@@ -126,13 +152,10 @@ def source_layer(ctx: Context, source: dict[str, Any], layer: int) -> np.ndarray
     if not 0 <= layer < source["n_layers"]:
         raise InterpError(f"layer {layer} is out of range 0..{source['n_layers'] - 1}")
     if source["type"] == "saved":
-        from safetensors import safe_open
-
         entry = find_entry(ctx, "attention", source["name"])
 
         def read() -> np.ndarray:
-            with safe_open(str(entry.path / "tensors.safetensors"), "pt") as f:
-                return f.get_slice("pattern")[layer].float().numpy()
+            return read_patterns(entry, lambda f: f.get_slice("pattern")[layer].float().numpy())
 
         return ctx.cache.get(("attn-saved", str(entry.path), layer), read)
 
@@ -149,10 +172,8 @@ def saved_options(ctx: Context) -> list[dict[str, str]]:
     options = []
     for entry in Workspace(ctx.root).entries():
         try:
-            prompt = json.loads((entry.path / "result.json").read_text())["json"].get("prompt")
-        except (OSError, ValueError, KeyError, AttributeError):
-            continue
-        if not isinstance(prompt, str):
+            prompt = saved_prompt(entry)
+        except InterpError:
             continue
         short = prompt if len(prompt) < 60 else prompt[:57] + "..."
         if entry.kind == "attention":
@@ -216,8 +237,7 @@ def register_attention_callbacks(app: Dash, ctx: Context) -> None:
                 source = saved_source(ctx, saved.removeprefix("saved:"))
             elif saved and trigger != "attn-run" and saved.startswith("prompt:"):
                 kind, _, name = saved.removeprefix("prompt:").partition("/")
-                entry = find_entry(ctx, kind, name)
-                source = live_source(ctx, json.loads((entry.path / "result.json").read_text())["json"]["prompt"])
+                source = live_source(ctx, saved_prompt(find_entry(ctx, kind, name)))
             elif prompt and ctx.has_model:
                 source = live_source(ctx, prompt)
             else:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from interp.errors import InterpError
+from interp.workspace import inside
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 
@@ -61,7 +62,7 @@ class Context:
     def inside(self, *parts: str) -> Path:
         """The path `root/parts...`, refused when it would leave the workspace."""
         path = self.root.joinpath(*parts).resolve()
-        if path != self.root and self.root not in path.parents:
+        if not inside(self.root, path):
             raise InterpError(f"{'/'.join(parts)} is outside the workspace; pick an entry from the list")
         return path
 

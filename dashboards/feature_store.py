@@ -8,6 +8,7 @@ groups whose min/max statistics can hold that feature.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pyarrow.parquet as pq
 
 from dashboards.context import Context, check_name
 from interp.errors import InterpError
+from interp.workspace import contained
 
 FEATURES_DIR = "sae_features"
 META_FILE = "sae.json"
@@ -34,12 +36,13 @@ SORTS = {
 
 
 def feature_set_names(ctx: Context) -> list[str]:
-    """Names of the complete feature folders (those whose sae.json, written last, exists)."""
-    base = ctx.inside(FEATURES_DIR)
+    """Names of the complete feature folders (those whose sae.json, written last, exists), leaving out
+    any that is, or holds, a link to outside the workspace."""
+    base = ctx.root / FEATURES_DIR
     if not base.is_dir():
         return []
-    return sorted(p.name for p in base.iterdir()
-                  if p.is_dir() and not p.name.startswith(".") and (p / META_FILE).is_file())
+    return sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")
+                  and (p / META_FILE).is_file() and contained(ctx.root, p))
 
 
 def load_feature_set(ctx: Context, name: str) -> FeatureSet:
@@ -49,6 +52,9 @@ def load_feature_set(ctx: Context, name: str) -> FeatureSet:
         raise InterpError(f"there is no complete feature set {name!r} in this workspace "
                           f"(no {FEATURES_DIR}/{name}/{META_FILE}); run `interp sae features` or pick one "
                           "from the list")
+    if not contained(ctx.root, folder):
+        raise InterpError(f"the feature set {name!r} links to files outside the workspace, so it is not shown; "
+                          "copy the files into it instead")
     stamp = tuple(p.stat().st_mtime_ns if p.exists() else 0
                   for p in (folder / META_FILE, folder / FEATURES_FILE, folder / CONTEXTS_FILE))
     return ctx.cache.get(("features", str(folder), stamp), lambda: FeatureSet(folder))
@@ -60,17 +66,29 @@ def _missing(columns: list[str], required: tuple[str, ...], path: Path) -> None:
         raise InterpError(f"{path.name} lacks columns {missing}; rewrite it as FEATURES_SCHEMA.md describes")
 
 
+def _read(path: Path, read: Callable[[Path], Any]) -> Any:
+    """`read(path)`; a damaged or missing file becomes an InterpError that names it."""
+    try:
+        return read(path)
+    except (OSError, ValueError) as e:
+        raise InterpError(f"cannot read {path.parent.name}/{path.name} ({type(e).__name__}: {e}); it may be "
+                          "half-written, run `interp sae features` again") from e
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    value = json.loads(path.read_text())
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
+
+
 class FeatureSet:
     """One SAE's feature statistics: metadata, per-feature rows, contexts on demand."""
 
     def __init__(self, folder: Path):
         self.folder = folder
-        try:
-            self.meta: dict[str, Any] = json.loads((folder / META_FILE).read_text())
-            frame = pd.read_parquet(folder / FEATURES_FILE)
-        except (OSError, ValueError) as e:
-            raise InterpError(f"cannot read the feature set in {folder.name} ({type(e).__name__}: {e}); "
-                              "it may be half-written, run `interp sae features` again") from e
+        self.meta: dict[str, Any] = _read(folder / META_FILE, _json_object)
+        frame = _read(folder / FEATURES_FILE, pd.read_parquet)
         _missing(list(frame.columns), REQUIRED_FEATURE_COLUMNS, folder / FEATURES_FILE)
         if frame["feature"].duplicated().any():
             raise InterpError(f"{FEATURES_FILE} in {folder.name} lists a feature twice; rewrite it")
@@ -89,7 +107,7 @@ class FeatureSet:
         path = self.folder / CONTEXTS_FILE
         if not path.is_file():
             return None, []
-        meta = pq.read_metadata(path)
+        meta = _read(path, pq.read_metadata)
         _missing(meta.schema.to_arrow_schema().names, REQUIRED_CONTEXT_COLUMNS, path)
         col = [meta.schema.column(j).path for j in range(meta.num_columns)].index("feature")
         groups = []

@@ -130,6 +130,28 @@ def import_kind(kind: str) -> None:
                     print(f"dashboard: could not import {module}: {type(e).__name__}: {e}", file=sys.stderr)
 
 
+def stored_meta(entry: Entry) -> dict[str, Any]:
+    """The entry's result.json (kind, JSON fields under "json", table and tensor names); a damaged file
+    becomes an InterpError that names it."""
+    path = entry.path / "result.json"
+    try:
+        meta = json.loads(path.read_text())
+        if not isinstance(meta, dict) or not isinstance(meta.get("json"), dict):
+            raise ValueError("not a result's description")
+        return meta
+    except (OSError, ValueError) as e:
+        raise InterpError(f"{entry.kind}/{entry.name}/{path.name} is damaged ({type(e).__name__}: {e}); "
+                          "re-run the analysis that wrote it") from e
+
+
+def saved_prompt(entry: Entry) -> str:
+    """The prompt stored in the entry's result.json (InterpError naming the file when there is none)."""
+    prompt = stored_meta(entry)["json"].get("prompt")
+    if not isinstance(prompt, str):
+        raise InterpError(f"{entry.kind}/{entry.name}/result.json holds no prompt; pick another result")
+    return prompt
+
+
 def find_entry(ctx: Context, kind: str, name: str) -> Entry:
     """The saved result `kind/name`, only among the workspace's complete entries."""
     check_name(kind, "result kind")
@@ -151,27 +173,39 @@ def load_result(ctx: Context, entry: Entry) -> Result | None:
 
 
 def raw_view(ctx: Context, entry: Entry) -> list[Any]:
-    """What is stored, for results no class can load: JSON fields, tables, 1-D/2-D tensors."""
-    meta = json.loads((entry.path / "result.json").read_text())
-    parts: list[Any] = [html.Pre(json.dumps(meta.get("json", {}), indent=1, default=str)[:20000], className="summary")]
+    """What is stored, for results no class can load: JSON fields, tables, 1-D/2-D tensors; a damaged
+    file becomes a message that names it."""
+    try:
+        meta = stored_meta(entry)
+    except InterpError as e:
+        return [message(str(e), "error")]
+    parts: list[Any] = [html.Pre(json.dumps(meta["json"], indent=1, default=str)[:20000], className="summary")]
     for name in meta.get("frames", []):
-        path = ctx.inside(entry.kind, entry.name, f"{check_name(name, 'table')}.parquet")
-        parts.append(table_section(lambda: pd.read_parquet(path), f"{entry_key(entry)}-{name}", name))
-    tensor_file = entry.path / "tensors.safetensors"
-    if tensor_file.is_file():
-        from safetensors.numpy import load_file
-
-        for name, values in load_file(str(tensor_file)).items():
-            fig = tensor_figure(name, values)
-            parts.append(graph(fig, f"{entry_key(entry)}-{name}") if fig is not None
-                         else html.P(f"{name}: tensor of shape {list(values.shape)}"))
+        path = ctx.inside(entry.kind, entry.name, f"{check_name(str(name), 'table')}.parquet")
+        parts.append(table_section(lambda: pd.read_parquet(path), f"{entry_key(entry)}-{name}", path.name))
+    if (entry.path / "tensors.safetensors").is_file():
+        parts.append(attempt(lambda: tensor_sections(entry), "tensors in tensors.safetensors"))
     return parts
+
+
+def tensor_sections(entry: Entry) -> html.Div:
+    """A figure (1-D, 2-D) or the shape of every tensor in the entry's tensors.safetensors."""
+    from safetensors.numpy import load_file
+
+    parts = []
+    for name, values in load_file(str(entry.path / "tensors.safetensors")).items():
+        fig = tensor_figure(name, values)
+        parts.append(graph(fig, f"{entry_key(entry)}-{name}") if fig is not None
+                     else html.P(f"{name}: tensor of shape {list(values.shape)}"))
+    return html.Div(parts)
 
 
 def result_page(ctx: Context, kind: str, name: str) -> list[Any]:
     """The page of one saved result: header, then its kind's view (or the generic/raw one)."""
     entry = find_entry(ctx, kind, name)
     header = [html.H2(f"{kind}: {name}"), html.P(str(Path(kind) / name), className="muted")]
+    if entry.note:
+        header.append(message(f"{kind}/{name}: {entry.note}; shown with the folder's time."))
     try:
         result = load_result(ctx, entry)
     except Exception as e:  # saved by another version of its class, or damaged: show what is stored

@@ -131,6 +131,8 @@ class Result:
                     k[len(prefix):] for k in tensors if k.startswith(prefix)]
                 values[name] = {k: tensors[prefix + k] for k in keys}
         for name in meta["frames"]:
+            if not (isinstance(name, str) and name.isidentifier()):  # a field name, never a path
+                raise InterpError(f"{folder}/result.json names a table {name!r} that is not a field; it is damaged")
             values[name] = pd.read_parquet(folder / f"{name}.parquet")
         return target(**values)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import re
 import shutil
@@ -30,6 +31,7 @@ class Entry:
     name: str
     path: Path
     created: float
+    note: str | None = None  # set when saved.json is damaged (`created` is then the folder's time)
 
 
 def slug(text: str, limit: int = 40) -> str:
@@ -52,6 +54,40 @@ def _reserve(kind_dir: Path, base: str) -> Path:
             return folder
         except FileExistsError:
             n += 1
+
+
+def inside(root: Path, path: Path) -> bool:
+    """Whether `path`, with every link followed, is `root` (a resolved path) or below it."""
+    path = path.resolve()
+    return path == root or root in path.parents
+
+
+def contained(root: Path, folder: Path) -> bool:
+    """Whether `folder` and everything below it, with every link followed, lie inside `root` (resolved)."""
+    pending, seen = [folder], set()
+    while pending:
+        path = pending.pop().resolve()
+        if not inside(root, path):
+            return False
+        if path.is_dir() and path not in seen:
+            seen.add(path)
+            pending.extend(path.iterdir())
+    return True
+
+
+def _created(folder: Path) -> tuple[float, str | None]:
+    """When the result in `folder` was saved (its saved.json), else the folder's time and, when saved.json
+    exists but is damaged, a note naming it."""
+    try:
+        created = json.loads((folder / "saved.json").read_text())["created"]
+        time.localtime(created)  # a number of seconds the pages can show
+        if isinstance(created, bool) or not math.isfinite(created):
+            raise ValueError(created)
+        return float(created), None
+    except FileNotFoundError:  # saved by hand or by an older version: no note
+        return folder.stat().st_mtime, None
+    except (OSError, ValueError, KeyError, TypeError, OverflowError) as e:
+        return folder.stat().st_mtime, f"saved.json has no valid 'created' time ({type(e).__name__})"
 
 
 class Workspace:
@@ -80,27 +116,28 @@ class Workspace:
         return final
 
     def entries(self, kind: str | None = None) -> list[Entry]:
-        """Every complete saved result (newest first), optionally of one kind."""
+        """Every complete saved result (newest first), optionally of one kind.
+
+        A folder that is, or holds, a link to anything outside the workspace is left out, so readers of
+        entries never leave the workspace. A damaged saved.json costs only the time: the entry gets
+        its folder's time and a `note` naming the file."""
         if not self.root.is_dir():
             return []
+        root = self.root.resolve()
         out = []
         for kind_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             if kind is not None and kind_dir.name != kind:
                 continue
             for folder in kind_dir.iterdir():
-                if folder.name.startswith(".") or not (folder / "result.json").is_file():
+                if folder.name.startswith(".") or not (folder / "result.json").is_file() or not contained(root, folder):
                     continue
-                try:
-                    created = json.loads((folder / "saved.json").read_text())["created"]
-                except (OSError, ValueError, KeyError):
-                    created = folder.stat().st_mtime
-                out.append(Entry(kind_dir.name, folder.name, folder, created))
+                out.append(Entry(kind_dir.name, folder.name, folder, *_created(folder)))
         return sorted(out, key=lambda e: e.created, reverse=True)
 
     def load(self, kind: str, name: str) -> Result:
-        folder = (self.root / kind / name).resolve()
-        if self.root.resolve() not in folder.parents:
-            raise InterpError(f"{kind}/{name} is outside the workspace; pick a saved result")
+        folder = self.root / kind / name
+        if not contained(self.root.resolve(), folder):
+            raise InterpError(f"{kind}/{name} is, or links to, something outside the workspace; pick a saved result")
         return Result.read(folder)
 
     def latest(self, kind: str) -> Result | None:

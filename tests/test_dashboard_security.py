@@ -2,6 +2,10 @@
 
 - Markup in user text (prompts, tokens, names, anything read from a saved result) stays text in every
   plotly figure: plotly would turn `<a href>` into a live link and `<b>` into bold.
+- A web page whose domain resolves to 127.0.0.1 (DNS rebinding) gets 403 on every route: the server
+  answers only requests whose Host is loopback, its own address, or a name given with --allow-host.
+- A link inside the workspace to a file outside it is never followed, and a damaged file costs only
+  its own entry, with a note that names it, never the page.
 """
 
 from __future__ import annotations
@@ -158,7 +162,8 @@ def test_only_loopback_and_allowed_hosts_are_answered_on_every_route(tmp_path):
     app = create_app(tmp_path, allowed_hosts=["mybox.lan", "10.0.0.5"])
     client = app.server.test_client()
     urls = rule_urls(app)
-    assert {"/", "/_dash-layout", "/_dash-update-component", "/assets/style.css", "/_favicon.ico"} <= {u for _, u in urls}
+    expected = {"/", "/_dash-layout", "/_dash-update-component", "/assets/style.css", "/_favicon.ico"}
+    assert expected <= {u for _, u in urls}
     assert any(u.startswith("/_dash-component-suites/") for _, u in urls) and len(urls) >= 12
     for method, url in urls:
         for host in BAD_HOSTS:
@@ -175,14 +180,19 @@ def test_only_loopback_and_allowed_hosts_are_answered_on_every_route(tmp_path):
     assert other.get("/", headers={"Host": "localhost:8050"}).status_code == 200
 
 
+def route_body(pathname: str) -> dict:
+    """The request the page sends to build the page at `pathname` (the router callback)."""
+    return {"output": "page.children", "outputs": {"id": "page", "property": "children"},
+            "inputs": [{"id": "url", "property": "pathname", "value": pathname},
+                       {"id": "url", "property": "search", "value": ""}], "changedPropIds": ["url.pathname"]}
+
+
 def test_a_callback_from_an_allowed_host_runs(tmp_path):
     """The page's own requests (POST /_dash-update-component) still work from localhost."""
     from dashboards.app import create_app
 
     client = create_app(tmp_path).server.test_client()
-    body = {"output": "page.children", "outputs": {"id": "page", "property": "children"},
-            "inputs": [{"id": "url", "property": "pathname", "value": "/"},
-                       {"id": "url", "property": "search", "value": ""}], "changedPropIds": ["url.pathname"]}
+    body = route_body("/")
     assert client.post("/_dash-update-component", json=body, headers={"Host": "localhost:8050"}).status_code == 200
     assert client.post("/_dash-update-component", json=body, headers={"Host": "evil.example"}).status_code == 403
 
@@ -234,3 +244,143 @@ def test_cli_allow_host_flag(tmp_path, monkeypatch, capsys):
     assert main(["dashboard", "--workspace", str(tmp_path), "--allow-host", "a b"]) == 2
     err = capsys.readouterr().err.strip()
     assert "is not a host name" in err and len(err.splitlines()) == 1
+
+
+# -- links out of the workspace, damaged files ----------------------------------------------------
+def page_text(ctx: Context, url: str) -> str:
+    """Every string of the page at `url` (path and query), as the route callback builds it."""
+    path, _, query = url.partition("?")
+    page = render(ctx, path, "?" + query)
+    return json.dumps(page, default=lambda c: c.to_plotly_json() if hasattr(c, "to_plotly_json") else str(c))
+
+
+def route_status(ctx_root: Path, pathname: str) -> int:
+    """Status of the page callback for `pathname`, through the Flask server (as the browser asks for it)."""
+    from dashboards.app import create_app
+
+    client = create_app(ctx_root).server.test_client()
+    return client.post("/_dash-update-component", json=route_body(pathname)).status_code
+
+
+@pytest.fixture()
+def linked(tmp_path, tiny_llama) -> Path:
+    """A workspace whose links lead outside it: a result folder, a kind folder, a file in a result folder,
+    a feature set and a file in one; plus a link that stays inside (allowed)."""
+    from dashboards.attention import attention_patterns
+    from dashboards.synthetic import write_synthetic_features
+
+    ws, outside = tmp_path / "ws", tmp_path / "outside"
+    logit_lens(tiny_llama, "secret outside prompt").save(outside, "secret")
+    attention_patterns(tiny_llama, "secret outside prompt").save(outside, "secret")
+    write_synthetic_features(outside, "secret", n_features=16, n_top=2, quantiles=1, per_quantile=1)
+    logit_lens(tiny_llama, "inside prompt").save(ws, "real")
+    (ws / "lens" / "alias").symlink_to(ws / "lens" / "real")
+    (ws / "lens" / "linked").symlink_to(outside / "lens" / "secret")
+    (ws / "linkedkind").symlink_to(outside / "lens")
+    (ws / "attention").mkdir()
+    (ws / "attention" / "linked").symlink_to(outside / "attention" / "secret")
+    partial = ws / "lens" / "partial"
+    partial.mkdir()
+    for name in ("result.json", "saved.json"):
+        (partial / name).write_bytes((outside / "lens" / "secret" / name).read_bytes())
+    (partial / "tensors.safetensors").symlink_to(outside / "lens" / "secret" / "tensors.safetensors")
+    write_synthetic_features(ws, "mixed", n_features=16, n_top=2, quantiles=1, per_quantile=1)
+    table = ws / "sae_features" / "mixed" / "features.parquet"
+    table.unlink()
+    table.symlink_to(outside / "sae_features" / "secret" / "features.parquet")
+    (ws / "sae_features" / "ext").symlink_to(outside / "sae_features" / "secret")
+    return ws
+
+
+def test_links_out_of_the_workspace_are_not_followed(linked):
+    from dashboards.attention import saved_options, saved_source
+    from dashboards.feature_store import feature_set_names
+    from interp.errors import InterpError
+    from interp.workspace import Workspace
+
+    ws = Workspace(linked)
+    assert sorted(e.name for e in ws.entries()) == ["alias", "real"]  # the inside link still works
+    for name in ("linked", "partial"):
+        with pytest.raises(InterpError, match="outside the workspace"):
+            ws.load("lens", name)
+    assert ws.load("lens", "alias").prompt == "inside prompt"
+    ctx = Context(linked, "tiny-llama")
+    assert feature_set_names(ctx) == []
+    home = page_text(ctx, "/")
+    assert "inside prompt" in home and "secret" not in home and "/result/lens/alias" in home
+    for path in ("/result/lens/linked", "/result/lens/partial", "/result/linkedkind/secret", "/features/ext",
+                 "/features/mixed", "/features/ext/0", "/attention?saved=linked"):
+        page = page_text(ctx, path)
+        assert "secret outside prompt" not in page and "synthetic" not in page.lower(), path
+        assert route_status(linked, path.partition("?")[0]) == 200
+    for path in ("/result/lens/linked", "/result/lens/partial", "/features/ext", "/features/mixed"):
+        assert "message error" in page_text(ctx, path), path
+    assert not [o for o in saved_options(ctx) if "secret" in o["label"]]
+    with pytest.raises(InterpError):
+        saved_source(ctx, "linked")
+
+
+def test_a_table_name_in_result_json_cannot_leave_the_folder(tmp_path, tiny_llama):
+    from interp.errors import InterpError
+
+    folder = logit_lens(tiny_llama, "x").save(tmp_path / "ws", "x")
+    pd.DataFrame({"secret": [1]}).to_parquet(tmp_path / "secret.parquet")
+    meta = json.loads((folder / "result.json").read_text())
+    meta["frames"] = ["../../../secret"]
+    (folder / "result.json").write_text(json.dumps(meta))
+    with pytest.raises(InterpError, match="not a field"):
+        Result.read(folder)
+    assert "secret" not in page_text(Context(tmp_path / "ws"), "/result/lens/x").replace("../../../secret", "")
+
+
+@pytest.mark.parametrize("saved", ['{"created": "yesterday"}', '{"created": 1e300}', '{"created": true}', "[1, 2]",
+                                   "not json", '{"name": "no time"}', '{"created": NaN}'])
+def test_a_damaged_saved_json_costs_only_the_time_and_is_named(tmp_path, tiny_llama, saved):
+    from interp.workspace import Workspace
+
+    ws = tmp_path / "ws"
+    logit_lens(tiny_llama, "good one").save(ws, "good")
+    logit_lens(tiny_llama, "bad one").save(ws, "bad")
+    (ws / "lens" / "bad" / "saved.json").write_text(saved)
+    entries = {e.name: e for e in Workspace(ws).entries()}
+    assert set(entries) == {"good", "bad"} and entries["good"].note is None
+    assert "saved.json" in entries["bad"].note
+    assert entries["bad"].created == pytest.approx((ws / "lens" / "bad").stat().st_mtime)
+    ctx = Context(ws, "tiny-llama")
+    home = page_text(ctx, "/")
+    assert "Could not build" not in home and "good one" in home and "bad one" in home
+    assert "lens/bad: saved.json" in home and "lens/good:" not in home
+    page = page_text(ctx, "/result/lens/bad")
+    assert "lens/bad: saved.json" in page and "Logit lens" in page  # the note, and the result itself
+    assert "bad one" in page_text(ctx, "/attention")  # its prompt is offered in the attention browser
+    assert route_status(ws, "/") == route_status(ws, "/result/lens/bad") == route_status(ws, "/attention") == 200
+
+
+def test_a_damaged_result_or_tensors_file_is_named_on_its_page(tmp_path, tiny_llama):
+    from dashboards.attention import attention_patterns, saved_source, source_layer
+    from interp.errors import InterpError
+
+    ws = tmp_path / "ws"
+    logit_lens(tiny_llama, "good one").save(ws, "good")
+    for name in ("json", "shape", "tensors"):
+        logit_lens(tiny_llama, f"{name} one").save(ws, name)
+    (ws / "lens" / "json" / "result.json").write_text("{not json")
+    (ws / "lens" / "shape" / "result.json").write_text('{"created": "yesterday"}')
+    (ws / "lens" / "tensors" / "tensors.safetensors").write_bytes(b"garbage")
+    attention_patterns(tiny_llama, "The cat sat.").save(ws, "attn")
+    attention_patterns(tiny_llama, "The cat sat.").save(ws, "attn-bad")
+    (ws / "attention" / "attn-bad" / "tensors.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    ctx = Context(ws, "tiny-llama")
+    home = page_text(ctx, "/")
+    assert "Could not build" not in home and "good one" in home and "/result/lens/json" in home
+    assert "lens/json/result.json is damaged" in page_text(ctx, "/result/lens/json")
+    assert "lens/shape/result.json is damaged" in page_text(ctx, "/result/lens/shape")
+    assert "tensors.safetensors" in page_text(ctx, "/result/lens/tensors")
+    for path in ("/", "/result/lens/json", "/result/lens/shape", "/result/lens/tensors", "/result/attention/attn-bad"):
+        assert route_status(ws, path) == 200, path
+    with pytest.raises(InterpError, match="attention/attn-bad/tensors.safetensors is damaged"):
+        saved_source(ctx, "attn-bad")
+    good = saved_source(ctx, "attn")
+    (ws / "attention" / "attn" / "tensors.safetensors").write_bytes(b"garbage")  # damaged after it was opened
+    with pytest.raises(InterpError, match="attention/attn/tensors.safetensors is damaged"):
+        source_layer(ctx, good, 0)
