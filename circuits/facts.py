@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from interp.errors import InterpError
+from interp.errors import InterpError, file_error
 
 FACTS_PATH = Path(__file__).with_name("data") / "facts.jsonl"
 SPLITS = ("dev", "test")
@@ -34,6 +34,8 @@ def read_facts(path: str | Path = FACTS_PATH) -> list[dict]:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise InterpError(f"cannot read facts file {path} ({e.strerror}); pass an existing .jsonl or .json file") from e
+    except UnicodeDecodeError as e:
+        raise file_error(path, e) from None
     try:
         lines = [line for line in text.splitlines() if line.strip()]
         records = json.loads(text) if path.suffix == ".json" and lines else [json.loads(line) for line in lines]
@@ -41,12 +43,28 @@ def read_facts(path: str | Path = FACTS_PATH) -> list[dict]:
         raise InterpError(f"{path} is not valid JSON ({e}); one CounterFact record per line is expected") from e
     if not records:
         raise InterpError(f"{path} has no records; {RECORD_FORMAT}")
-    for record in records:
-        rewrite = record.get("requested_rewrite") if isinstance(record, dict) else None
-        if not isinstance(rewrite, dict) or "{}" not in rewrite.get("prompt", "") or not rewrite.get("subject"):
-            raise InterpError(f"{path}: a record lacks requested_rewrite.prompt with '{{}}' or a subject; "
-                              f"{RECORD_FORMAT}")
+    for n, record in enumerate(records, 1):
+        problem = record_problem(record)
+        if problem:
+            raise InterpError(f"{path} record {n}: {problem}; {RECORD_FORMAT}")
     return records
+
+
+def record_problem(record) -> str | None:
+    """What keeps `record` from being traced (a missing field or one of the wrong type), or None."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    rewrite = record.get("requested_rewrite")
+    if "case_id" not in record or not isinstance(rewrite, dict):
+        return "it needs a case_id and a requested_rewrite object"
+    prompt, subject, true = rewrite.get("prompt"), rewrite.get("subject"), rewrite.get("target_true")
+    if not isinstance(prompt, str) or "{}" not in prompt:
+        return "requested_rewrite.prompt must be a string with {} where the subject goes"
+    if not isinstance(subject, str) or not subject.strip():
+        return "requested_rewrite.subject must be a non-empty string"
+    if not isinstance(true, dict) or not isinstance(true.get("str"), str) or not true["str"]:
+        return 'requested_rewrite.target_true must be {"str": "<the true answer>"}'
+    return None
 
 
 def fact_prompt(record: dict) -> str:
