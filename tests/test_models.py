@@ -182,6 +182,23 @@ def test_fast_kernels_see_every_weight_edit_and_pass_gradients(spec, how):
         torch.testing.assert_close(p.grad, grad, atol=1e-3, rtol=1e-3, msg=lambda m, n=name: f"{n}: {m}")
 
 
+def test_fast_paths_match_a_gated_mlp_with_a_layer_norm_activation():
+    """A gated MLP with a layer-norm activation (solu_ln) normalises before W_out; the fused MLP must
+    not take it over."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from interp.models.fast import install_fast_paths
+
+    cfg = HookedTransformerConfig(d_model=16, d_head=4, n_heads=4, n_layers=1, n_ctx=8, d_vocab=20, d_mlp=32,
+                                  act_fn="solu_ln", gated_mlp=True, normalization_type="LN", seed=0)
+    model = HookedTransformer(cfg)
+    tokens = torch.randint(0, 20, (2, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        slow = model(tokens)
+        install_fast_paths(model)
+        torch.testing.assert_close(model(tokens), slow, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
 def test_fast_attention_continues_from_a_key_value_cache(fixture, request):
     """The fused path also serves cached continuation (generation, restoration runs): same logits."""

@@ -157,7 +157,7 @@ def install_fast_paths(model) -> None:
     for block in model.blocks:
         block._slow_forward = block.forward
         block.forward = types.MethodType(_fast_block_forward, block)
-        if type(block.mlp) is GatedMLP and not model.cfg.load_in_4bit:
+        if type(block.mlp) is GatedMLP and not (model.cfg.load_in_4bit or model.cfg.is_layer_norm_activation()):
             block.mlp.forward = types.MethodType(_fast_gated_mlp_forward, block.mlp)
     if not model.cfg.load_in_4bit:
         model.unembed.forward = types.MethodType(_fast_unembed_forward, model.unembed)
