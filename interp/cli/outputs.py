@@ -25,11 +25,12 @@ MIN_FREE_BYTES = 1 << 20  # a destination with less free space than this is full
 class Output:
     """How a command writes to the destination one option names.
 
-    kind: "workspace" (a folder, created here when missing, so that `--html` may point into it), "html" (a new or existing .html file in an
-    existing folder), "dir" (a folder that must be missing or empty) or "unused" (the command writes
-    nothing there: the option is refused). `unless` names a flag (e.g. "resume", "force") that allows a
-    non-empty "dir", and `why` says what that flag does there (for the error message); `path`, when
-    given, computes the destination from the arguments (None: nothing to check).
+    kind: "workspace" (a folder, created here when missing, so that `--html` may point into it),
+    "html" (a new or existing .html file in an existing folder), "dir" (a folder that must be missing
+    or empty) or "unused" (the command writes nothing there: the option is refused). `unless` names a
+    flag (e.g. "resume", "force") that allows a non-empty "dir", and `why` says what that flag does
+    there (for the error message); `path`, when given, computes the destination from the arguments
+    (None: nothing to check).
     """
 
     kind: str
