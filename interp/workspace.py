@@ -56,22 +56,29 @@ def _reserve(kind_dir: Path, base: str) -> Path:
             n += 1
 
 
+def _within(root: str, real: str) -> bool:
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
 def inside(root: Path, path: Path) -> bool:
     """Whether `path`, with every link followed, is `root` (a resolved path) or below it."""
-    path = path.resolve()
-    return path == root or root in path.parents
+    return _within(str(root), os.path.realpath(path))
 
 
 def contained(root: Path, folder: Path) -> bool:
-    """Whether `folder` and everything below it, with every link followed, lie inside `root` (resolved)."""
-    pending, seen = [folder], set()
+    """Whether `folder` and everything below it, with every link followed, lie inside `root` (resolved).
+
+    Only links need resolving: a plain name in a folder whose real path is known is a real path too."""
+    pending, seen = [os.path.realpath(folder)], set()
     while pending:
-        path = pending.pop().resolve()
-        if not inside(root, path):
+        real = pending.pop()
+        if not _within(str(root), real):
             return False
-        if path.is_dir() and path not in seen:
-            seen.add(path)
-            pending.extend(path.iterdir())
+        if real in seen or not os.path.isdir(real):
+            continue
+        seen.add(real)
+        with os.scandir(real) as items:
+            pending.extend(os.path.realpath(item.path) if item.is_symlink() else item.path for item in items)
     return True
 
 
