@@ -260,3 +260,10 @@ def test_every_command_checks_destinations_first(capsys, forbid, monkeypatch, tm
     (tmp_path / "file").write_text("x")
     argv = [*minimal_argv(words, parser), *M, option, value.format(tmp=tmp_path)]
     assert words_in_line in run_bad(capsys, argv)
+
+
+@pytest.mark.parametrize("words, parser", COMMANDS, ids=[" ".join(w) for w, _ in COMMANDS])
+def test_every_numeric_option_is_checked(words, parser):
+    """Numbers go through interp.cli.types (a range, and finite), never bare int or float: argparse's float
+    takes 'nan' and 'inf', and an int without a range lets 0 or -3 through to the analysis."""
+    assert [a.option_strings or a.dest for a in parser._actions if a.type in (int, float)] == []

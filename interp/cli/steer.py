@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from interp.cli.types import finite_float, nonneg_int, positive_int
+from interp.cli.types import finite_float, integer, nonneg_int, positive_int
 
 
 def coef_list(text: str) -> list[float]:
@@ -23,7 +23,7 @@ def register(sub, common) -> None:
                    help="dataset:NAME|FILE (mean difference of the classes), contrast:POS_FILE,NEG_FILE, "
                         "probe:DIR[:METHOD] (a saved probe sweep), feature:SAE_DIR:INDEX, file:PATH (--save-vector's), "
                         "edit:DIR (a saved ROME edit)")
-    p.add_argument("--layer", type=int, default=None,
+    p.add_argument("--layer", type=integer, default=None,
                    help="the layer whose residual the vector is read at and added to (dataset, contrast, probe; "
                         "picks the member of an SAE set)")
     p.add_argument("--hook", default=None, help="add at this hook instead (default: blocks.L.hook_resid_post, or "

@@ -13,16 +13,22 @@ import re
 from collections.abc import Callable
 
 
-def int_range(low: int, high: int | None = None) -> Callable[[str], int]:
-    """A type for whole numbers in [low, high] (no upper bound when `high` is None)."""
-    bound = f"between {low} and {high}" if high is not None else "positive" if low == 1 else f"at least {low}"
+def int_range(low: int | None, high: int | None = None) -> Callable[[str], int]:
+    """A type for whole numbers in [low, high] (no bound where None: e.g. a layer, -1 the last, that the
+    command checks against the model)."""
+    if low is not None and high is not None:
+        bound = f"between {low} and {high}"
+    elif low is not None:
+        bound = "positive" if low == 1 else f"at least {low}"
+    else:
+        bound = f"at most {high}"
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < low or (high is not None and value > high):
+        if (low is not None and value < low) or (high is not None and value > high):
             raise argparse.ArgumentTypeError(f"must be {bound} (got {value})")
         return value
 
@@ -53,6 +59,7 @@ def float_range(low: float | None = None, high: float | None = None, low_open: b
     return parse
 
 
+integer = int_range(None)
 positive_int = int_range(1)
 nonneg_int = int_range(0)
 finite_float = float_range()
