@@ -12,8 +12,8 @@ sample, then over samples:
   residual at G (after the addition, what the unembedding reads), and `p_positive_text`, the same on an
   unsteered pass over the generated text (did the words themselves turn positive?). `logit_diff`: the
   mean logit of the positive class's top words minus that of the negative class's, at the logits that
-  chose the generated tokens; a class's top words are the 10 tokens whose share of the class's texts
-  exceeds their share of the other class's texts most.
+  chose the generated tokens; a class's top words are the 10 tokens in the most texts of that class
+  among those whose texts are at least 90% of it (`class_words`).
 - SAE and transcoder features (`FeatureBehaviour`): `feature_act`, the feature's activation at G
   (its SAE encoding of the input hook's activations before the addition, so the vector's own write is
   not read back), and `feature_logits`, the mean logit of the feature's 10 top tokens (decoder row
@@ -141,20 +141,22 @@ class ProbeBehaviour(Behaviour):
 
 
 def class_words(model, texts: list[str], labels: np.ndarray, k: int = TOP_WORDS) -> tuple[list[int], list[int]]:
-    """(positive class's top tokens, negative class's): the `k` tokens whose share of the class's texts
-    exceeds their share of the other class's texts most (only tokens with a positive excess)."""
+    """(positive class's top tokens, negative class's): among the tokens in at least two texts whose texts are
+    at least 90% of one class (sizes balanced), the `k` in the most texts of that class. Template words
+    shared by both classes drop out however often they occur; the words that tell the classes apart stay."""
     from probes.collect import tokenize
 
-    vocab = model.cfg.d_vocab
-    share = np.zeros((2, vocab))
+    counts = np.zeros((2, model.cfg.d_vocab))
     for ids, label in zip(tokenize(model, texts), labels):
-        share[int(label), sorted(set(ids))] += 1
-    share /= np.maximum(np.bincount(labels.astype(int), minlength=2), 1)[:, None]
-    excess = share[1] - share[0]
-    order = np.argsort(-excess, kind="stable")
-    positive = [int(t) for t in order[:k] if excess[t] > 0]
-    negative = [int(t) for t in order[::-1][:k] if excess[t] < 0]
-    return positive, negative
+        counts[int(label), sorted(set(ids))] += 1
+    share = counts / np.maximum(np.bincount(labels.astype(int), minlength=2), 1)[:, None]
+    purity = share / np.maximum(share.sum(0), 1e-12)
+    out = []
+    for c in (1, 0):
+        eligible = (purity[c] >= 0.9) & (counts.sum(0) >= 2)
+        order = np.argsort(-counts[c], kind="stable")
+        out.append([int(t) for t in order[eligible[order]][:k]])
+    return out[0], out[1]
 
 
 @dataclasses.dataclass
