@@ -10,8 +10,9 @@ in/out, ...) fires exactly as before, and any hook on the scores or pattern (inc
 
 Nothing derived from the weights is kept between calls: every call reads the parameters as they
 are, so any edit (ROME, MEMIT, `load_state_dict`, or a write through `.data`, which no version
-counter sees) counts on the next call. The q/k/v matrix is packed on each call (one copy of the
-attention input weights, about 4 ms per forward pass of the default model's 30 layers).
+counter sees) counts on the next call. The q/k/v matrix is packed on each call: one copy of the
+attention input weights, about 5 ms per forward pass of the default model (30 layers, 2 threads),
+a few percent of a one-prompt forward pass and lost in the noise at 16 x 128 tokens.
 """
 
 from __future__ import annotations
