@@ -17,11 +17,11 @@ def int_range(low: int | None, high: int | None = None) -> Callable[[str], int]:
     """A type for whole numbers in [low, high] (no bound where None: e.g. a layer, -1 the last, that the
     command checks against the model)."""
     if low is not None and high is not None:
-        bound = f"between {low} and {high}"
+        bound = f"a whole number from {low} to {high}"
     elif low is not None:
-        bound = "positive" if low == 1 else f"at least {low}"
+        bound = f"a whole number of {low} or more"
     else:
-        bound = f"at most {high}"
+        bound = f"a whole number of {high} or less"
 
     def parse(text: str) -> int:
         try:
@@ -29,7 +29,7 @@ def int_range(low: int | None, high: int | None = None) -> Callable[[str], int]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
         if (low is not None and value < low) or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"must be {bound} (got {value})")
+            raise argparse.ArgumentTypeError(f"{value} is out of range; pass {bound}")
         return value
 
     parse.__name__ = f"int_{low}_{high}"
