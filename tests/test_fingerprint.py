@@ -9,7 +9,9 @@ import shutil
 import pytest
 import torch
 
-from interp.fingerprint import cache_name, corpus_fingerprint, file_fingerprint, settings_fingerprint, weights_fingerprint
+from interp.fingerprint import (
+    cache_name, corpus_fingerprint, file_fingerprint, settings_fingerprint, weights_fingerprint,
+)
 from interp.models import load_model, resolve_spec
 
 
