@@ -39,6 +39,7 @@ from dashboards.context import Context
 from dashboards.feature_store import FEATURES_DIR, feature_set_names
 from dashboards.features import feature_list_page, feature_page, register_feature_callbacks
 from dashboards.graph_page import register_graph_callbacks
+from dashboards.steering import register_steering_callbacks
 from dashboards.views import result_page, saved_prompt
 from interp.errors import InterpError
 from interp.workspace import Entry, Workspace
@@ -111,6 +112,7 @@ def create_app(workspace: str | Path, model_spec: str | None = None, device: str
     register_attention_callbacks(app, ctx)
     register_feature_callbacks(app, ctx)
     register_graph_callbacks(app, ctx)
+    register_steering_callbacks(app, ctx)
     return app
 
 

@@ -34,8 +34,8 @@ def write_sample_workspace(workspace: str | Path, model, name: str = "sample") -
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model's matmuls only lose from more threads (10x slower on a busy machine)
     try:
-        results = [*_basics(model), *_circuits(model, ws), _edit(model), *_probes(model, ws), *_outliers(model),
-                   *_sae(model, ws, name)]
+        results = [*_basics(model), *_circuits(model, ws), _edit(model), *_probes(model, ws), _steer(model),
+                   *_outliers(model), *_sae(model, ws, name)]
     finally:
         torch.set_num_threads(threads)
     return {r.kind: r.save(ws, name) for r in results}
@@ -94,6 +94,18 @@ def _probes(model, ws: Path) -> list[Result]:
     acts = collect_activations(model, data.texts, layers, progress=False)
     return [sweep(acts, data, layers, ["logistic", "mass-mean"], folds=3, model=str(model.cfg.spec), progress=False),
             steer(model, data, [1], n_eval=10, shots=2, answers=("A", "B"), suffix=" Then:", workspace=ws)]
+
+
+def _steer(model) -> Result:
+    from interp.hooks import resid_post
+    from interp.steering import SteeringVector, steer
+    from interp.steering.vectors import caa_vector
+    from probes.datasets import load_dataset
+
+    data = load_dataset("sentiment").subset(range(0, 400, 10))  # 20 positive, 20 negative
+    vector, behaviour = caa_vector(model, data, 1)
+    return steer(model, SteeringVector(vector, resid_post(1), "dataset:sentiment (40 rows)", behaviour),
+                 coefs=[0, 40], prompt=f"{MARKUP} The movie was", max_new_tokens=4, neutral=2, progress=False)
 
 
 def _outliers(model) -> list[Result]:

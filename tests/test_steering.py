@@ -314,3 +314,26 @@ def test_sentiment_vector_moves_the_behaviour_more_than_the_control(smollm):
     moved = frame.loc[(2.0, "vector"), "logit_diff"] - base
     control = frame.loc[(2.0, "random"), "logit_diff"] - base
     assert moved > 0 and moved > abs(control), frame
+
+
+def test_dashboard_page_and_live_box(tiny_llama, tmp_path):
+    from dashboards.app import render
+    from dashboards.context import Context
+    from dashboards.steering import LIVE_TOKENS, live_generations
+    from interp.steering.run import continuation, generate
+
+    result = steer(tiny_llama, SteeringVector(unit(tiny_llama, norm=40.0), HOOK, "tensor"), coefs=[0, 1],
+                   prompt="<b>bold</b> and", max_new_tokens=3, neutral=1, progress=False)
+    result.save(tmp_path, "s")
+    ctx = Context(tmp_path, "tiny-llama")
+    page = json.dumps(render(ctx, "/result/steer/s", ""),
+                      default=lambda c: c.to_plotly_json() if hasattr(c, "to_plotly_json") else str(c))
+    assert "Generations per coefficient" in page and "steer-run" in page and '"type": "fig"' in page
+    plain, steered = live_generations(ctx, "s", PROMPT, 1.0, "all")
+    tokens = tokens_of(tiny_llama, PROMPT)
+    assert plain == continuation(tiny_llama, generate(tiny_llama, tokens, LIVE_TOKENS, 1, 0)[0], tokens.shape[1])
+    assert steered != plain
+    with pytest.raises(InterpError, match="finite"):
+        live_generations(ctx, "s", PROMPT, float("nan"), "all")
+    with pytest.raises(InterpError, match="--model tiny-llama"):
+        live_generations(Context(tmp_path, "tiny-gpt2"), "s", PROMPT, 1.0, "all")
