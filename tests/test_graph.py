@@ -301,8 +301,9 @@ def test_transcoder_set_errors(tiny_llama, llama_set, gpt2_set, tmp_path):
     (["hi", "--transcoders", "{empty}"], "no transcoders"),
     (["hi", "--transcoders", "{other}"], "trained on tiny-gpt2"),
     (["hi", "--transcoders", "{set}", "--target", "xyz"], "is 3 tokens"),
-    (["hi", "--transcoders", "{set}", "--node-threshold", "0"], "must be in (0, 1]"),
-    (["hi", "--transcoders", "{set}", "--edge-threshold", "1.5"], "must be in (0, 1]"),
+    (["hi", "--transcoders", "{set}", "--node-threshold", "0"], "--node-threshold"),
+    (["hi", "--transcoders", "{set}", "--edge-threshold", "1.5"], "--edge-threshold"),
+    (["hi", "--transcoders", "{set}", "--max-feature-nodes", "0"], "--max-feature-nodes"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(args, message, llama_set, gpt2_set, tmp_path, capsys):
     paths = {"set": llama_set, "missing": tmp_path / "nope", "empty": tmp_path, "other": gpt2_set}

@@ -45,7 +45,7 @@ def target_rows(frozen: Frozen, nodes: Nodes, layer: torch.Tensor, pos: torch.Te
     above = [int((layer > l).sum()) for l in range(L + 1)]
     at_or_above = [int((layer >= l).sum()) for l in range(L + 1)]
     top = slice(0, at_or_above[L])
-    g[torch.arange(top.stop), pos[top]] = seeds[top]
+    g[torch.arange(top.stop, device=g.device), pos[top]] = seeds[top]
     for l in reversed(range(L)):
         n = above[l]
         if n:
@@ -59,7 +59,7 @@ def target_rows(frozen: Frozen, nodes: Nodes, layer: torch.Tensor, pos: torch.Te
             if nodes.b_dec[l] is not None and t > 1:
                 const[:n] += grad[:, 1:].sum(1) @ nodes.b_dec[l]
         a, b = above[l], at_or_above[l]
-        g[torch.arange(a, b), pos[a:b]] = seeds[a:b]
+        g[torch.arange(a, b, device=g.device), pos[a:b]] = seeds[a:b]
         if b:
             const[:b] += g[:b].sum(1) @ frozen.layers[l].attn_const
             g[:b] = frozen.transpose_attention(l, g[:b])

@@ -27,6 +27,7 @@ from interp.errors import InterpError
 from interp.tokens import encode
 
 TOP_TOKENS = 10  # de-embedding and top-logit tokens listed per feature
+MAX_FEATURE_NODES = 12_000
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -36,7 +37,9 @@ class GraphConfig:
     target: str | None = None  # attribute this token's logit alone (default: the logits covering 0.95)
     node_threshold: float = 0.8
     edge_threshold: float = 0.98
-    max_feature_nodes: int | None = None  # None: every active feature
+    # features attributed, most influential first (None: every active one). The default keeps the dense
+    # adjacency of a long prompt near 1 GB; a 10-token prompt on the default model has about 8,600.
+    max_feature_nodes: int | None = MAX_FEATURE_NODES
     batch_size: int = 512  # targets per transposed pass
     check: int = 0  # interventions on this many of the most influential features
     frozen_check: bool = False  # interventions with attention patterns and norm scales frozen
@@ -195,15 +198,18 @@ def describe(model, att: Attribution, transcoders: dict[int, object], folders: d
 
     clock = time.perf_counter()
     edges = pruned.edges
+    weights_kept = att.adjacency[edges[:, 0], edges[:, 1]]
     residual, head_paths = attention.split_links(att, edges)
-    weights_kept = att.adjacency[edges[:, 0], edges[:, 1]].tolist()
+    splits = attention.link_attention(weights_kept, residual, head_paths)
+    del head_paths
+    activation = torch.ones(att.n_nodes, device=weights_kept.device)
+    activation[:S] = nd.activation[att.selected]
     links = []
-    for e, ((t, s), weight) in enumerate(zip(edges.tolist(), weights_kept)):
+    for (t, s), weight, split, a in zip(edges.tolist(), weights_kept.tolist(), splits, activation[edges[:, 1]].tolist()):
         link = {"source": ids[s], "target": ids[t], "weight": weight}
         if s < S and t < S:
-            a = float(nd.activation[att.selected[s]])
             link.update(invariant=weight / a, dependent=a)
-        link.update(attention.link_extras(weight, float(residual[e]), head_paths[e]))
+        link.update(split)
         links.append(link)
     target_logit = int(nd.logit_ids[0])
     qk = attention.qk_importance(model, fr.tokens[None], target_logit)

@@ -135,6 +135,9 @@ def capture(model, tokens: torch.Tensor) -> Frozen:
         names |= {f"blocks.{l}.attn.hook_pattern", f"blocks.{l}.ln1.hook_scale", f"blocks.{l}.ln2.hook_scale",
                   f"blocks.{l}.ln2.hook_normalized", f"blocks.{l}.hook_mlp_out"}
     logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+    if not torch.isfinite(logits).all():
+        raise InterpError("the model's forward pass gives NaN or inf logits on this prompt; check the model's "
+                          "weights or use --dtype float32")
     f32 = {k: v[0].float() for k, v in cache.items()}
     like = f32["hook_embed"]
     layers = []

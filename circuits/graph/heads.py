@@ -20,7 +20,7 @@ import torch
 from circuits.graph.attribute import Attribution
 from interp.hooks import pattern
 
-TOP_HEADS = 8  # heads listed per link; the rest are summed into other_heads
+TOP_HEADS = 4  # heads listed per link; the rest are summed into other_heads
 TOP_QK = 5  # (query, key) entries listed per head
 
 
@@ -54,37 +54,56 @@ def endpoints(att: Attribution, nodes: torch.Tensor, as_target: bool):
 
 
 @torch.no_grad()
-def split_links(att: Attribution, edges: torch.Tensor, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
-    """(residual [E], single-hop head paths [E, n_layers, n_heads]) of links `edges` [E, 2] (target, source)."""
+def split_links(att: Attribution, edges: torch.Tensor, block: int = 2 ** 24) -> tuple[torch.Tensor, torch.Tensor]:
+    """(residual [E], single-hop head paths [E, n_layers, n_heads]) of links `edges` [E, 2] (target, source).
+
+    Per layer, every (target, source) pair's head terms come from one product of the targets' W_O-read
+    vectors with the sources' values ([H, targets, sources], in blocks of about `block` numbers), so the
+    cost grows with the nodes of the pruned graph rather than its links."""
     fr = att.frozen
     L, H = fr.n_layers, fr.layers[0].n_heads
-    read, t_layer, t_pos = endpoints(att, edges[:, 0], as_target=True)
-    write, s_layer, s_pos = endpoints(att, edges[:, 1], as_target=False)
-    residual = torch.where(s_pos == t_pos, (read * write).sum(-1), torch.zeros_like(read[:, 0]))
+    targets, t_of = edges[:, 0].unique(return_inverse=True)
+    sources, s_of = edges[:, 1].unique(return_inverse=True)
+    read, t_layer, t_pos = endpoints(att, targets, as_target=True)
+    write, s_layer, s_pos = endpoints(att, sources, as_target=False)
+    same = (s_pos[s_of] == t_pos[t_of]).nonzero()[:, 0]
+    residual = read.new_zeros(len(edges))
+    for part in same.split(block // max(1, read.shape[1])):
+        residual[part] = (read[t_of[part]] * write[s_of[part]]).sum(-1)
     heads = read.new_zeros(len(edges), L, H)
-    for start in range(0, len(edges), chunk):
-        part = slice(start, start + chunk)
-        for l, f in enumerate(fr.layers):
-            on = ((s_layer[part] < l) & (t_layer[part] >= l)).nonzero()[:, 0] + start
-            if not len(on):
+    rows = max(1, block // max(1, H * len(sources)))
+    for l, f in enumerate(fr.layers):
+        crossing = ((s_layer[s_of] < l) & (t_layer[t_of] >= l)).nonzero()[:, 0]
+        if not len(crossing):
+            continue
+        values = f.head_values(write, s_pos, fr.centered).transpose(0, 1)  # [H, sources, dh]
+        outputs = f.head_outputs(read).transpose(0, 1)  # [H, targets, dh]
+        for start in range(0, len(targets), rows):
+            mine = crossing[(t_of[crossing] >= start) & (t_of[crossing] < start + rows)]
+            if not len(mine):
                 continue
-            values = f.head_values(write[on], s_pos[on], fr.centered)  # [n, H, dh]
-            outputs = f.head_outputs(read[on])
-            heads[on, l] = f.pattern[:, t_pos[on], s_pos[on]].T * (values * outputs).sum(-1)
+            paths = outputs[:, start:start + rows] @ values.transpose(1, 2)  # [H, rows, sources]
+            t, s = t_of[mine], s_of[mine]
+            heads[mine, l] = (f.pattern[:, t_pos[t], s_pos[s]] * paths[:, t - start, s]).T
     return residual, heads
 
 
-def link_extras(weight: float, residual: float, heads: torch.Tensor) -> dict:
-    """The attention fields of one link from its [n_layers, n_heads] single-hop paths."""
-    flat = heads.flatten()
-    top = flat.abs().topk(min(TOP_HEADS, len(flat))).indices
-    top = top[flat[top] != 0]
-    n_heads = heads.shape[1]
-    listed = [[int(i) // n_heads, int(i) % n_heads, float(flat[i])] for i in top]
-    total = float(flat.sum())
-    shown = sum(h[2] for h in listed)
-    return {"residual": residual, "heads": listed, "other_heads": total - shown,
-            "multi_hop": weight - residual - total}
+def link_attention(weights: torch.Tensor, residual: torch.Tensor, heads: torch.Tensor) -> list[dict]:
+    """The attention fields of each link (weights [E], residual [E], heads [E, n_layers, n_heads]):
+    residual, the TOP_HEADS largest single-head paths as [layer, head, weight], other_heads (the rest of
+    the single-head paths) and multi_hop, which add up to the weight."""
+    E, L, H = heads.shape
+    flat = heads.reshape(E, L * H)
+    total = flat.sum(1)
+    top = flat.abs().topk(min(TOP_HEADS, L * H), dim=1).indices
+    top_values = flat.gather(1, top)
+    shown = top_values.sum(1)
+    out = []
+    for w, r, t, idx, vals, sh in zip(weights.tolist(), residual.tolist(), total.tolist(), top.tolist(),
+                                      top_values.tolist(), shown.tolist()):
+        listed = [[i // H, i % H, v] for i, v in zip(idx, vals) if v != 0]
+        out.append({"residual": r, "heads": listed, "other_heads": t - sh, "multi_hop": w - r - t})
+    return out
 
 
 def qk_importance(model, tokens: torch.Tensor, logit_id: int) -> list[dict]:

@@ -128,9 +128,9 @@ def find_nodes(frozen: Frozen, transcoders: dict[int, object], target: int | Non
         errors[l, 1:] -= act @ W_dec + bias_out
         b_dec[l] = bias_out
     like = frozen.embed
-    empty = like.new_zeros(0, d)
-    cat = (lambda xs, e: torch.cat(xs) if xs else e)  # noqa: E731
-    long_empty = torch.zeros(0, dtype=torch.long, device=like.device)
+
+    def cat(parts: list[torch.Tensor], *shape: int, dtype=None) -> torch.Tensor:
+        return torch.cat(parts) if parts else like.new_zeros(0, *shape, dtype=dtype)
 
     ids, probs = salient_logits(frozen.logits, target)
     unembed = frozen.W_U[:, ids] - frozen.W_U.mean(1, keepdim=True)  # [d, K], demeaned over the vocabulary
@@ -138,8 +138,8 @@ def find_nodes(frozen: Frozen, transcoders: dict[int, object], target: int | Non
     logit_read = frozen.center((unembed * frozen.w_final[:, None]).T) / frozen.scale_final[last]
     logit_bias = frozen.b_final @ unembed + frozen.b_U[ids] - frozen.b_U.mean()
     return Nodes(
-        feat_layer=cat(layers, long_empty), feat_pos=cat(positions, long_empty), feat_index=cat(indices, long_empty),
-        activation=cat(acts, like.new_zeros(0)), pre_activation=cat(pres, like.new_zeros(0)),
-        feat_write=cat(writes, empty), feat_read=cat(reads, empty), feat_bias=cat(biases, like.new_zeros(0)),
+        feat_layer=cat(layers, dtype=torch.long), feat_pos=cat(positions, dtype=torch.long),
+        feat_index=cat(indices, dtype=torch.long), activation=cat(acts), pre_activation=cat(pres),
+        feat_write=cat(writes, d), feat_read=cat(reads, d), feat_bias=cat(biases),
         error_write=errors, b_dec=b_dec, logit_ids=ids, logit_probs=probs, logit_read=logit_read,
         logit_bias=logit_bias, logit_value=frozen.logits[ids] - frozen.logits.mean())

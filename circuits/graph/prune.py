@@ -18,7 +18,7 @@ import torch
 def normalize(matrix: torch.Tensor) -> torch.Tensor:
     """|matrix| with each row scaled to sum to 1 (rows of zeros stay zero)."""
     normalized = matrix.abs()
-    return normalized / normalized.sum(dim=1, keepdim=True).clamp(min=1e-10)
+    return normalized.div_(normalized.sum(dim=1, keepdim=True).clamp(min=1e-10))
 
 
 def influence(normalized: torch.Tensor, logit_weights: torch.Tensor, max_iter: int = 1000) -> torch.Tensor:

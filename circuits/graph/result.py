@@ -9,6 +9,7 @@ smaller number is a more influential node, and keeping `influence <= x` prunes t
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from typing import Any
@@ -53,6 +54,17 @@ def logit_id(n_layers: int, token: int, pos: int) -> str:
     return f"{n_layers + 1}_{token}_{pos}"
 
 
+def _links_from_frame(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Links back from their Parquet table: fields a link did not have (NaN) dropped, heads as [int, int, float]."""
+    links = []
+    for link in frame.to_dict("records"):
+        link = {k: v for k, v in link.items() if not (isinstance(v, float) and math.isnan(v))}
+        if "heads" in link:
+            link["heads"] = [[int(h[0]), int(h[1]), float(h[2])] for h in link["heads"]]
+        links.append(link)
+    return links
+
+
 def node_row(node: dict[str, Any]) -> int:
     """The figure's row of a node: embeddings 0, layer l at l + 1, logits at n_layers + 1."""
     return 0 if node["layer"] == "E" else int(node["layer"]) + (node["feature_type"] != LOGIT)
@@ -83,14 +95,26 @@ class AttributionGraph(Result):
     qk: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     checks: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
+    def __post_init__(self):
+        if isinstance(self.links, pd.DataFrame):  # as `write` stores them
+            self.links = _links_from_frame(self.links)
+
     def to_graph_json(self) -> dict[str, Any]:
-        """The graph file: what `--json` prints and what circuit-tracer's viewers and Neuronpedia read."""
+        """The graph file: what `--json` prints and what circuit-tracer's viewers and Neuronpedia read.
+        NaN and infinities become null (links are finite by construction: the graph builder refuses a
+        forward pass that is not)."""
         out = {"metadata": self.metadata,
                "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
                "nodes": self.nodes, "links": self.links, "scores": self.scores, "qk": self.qk}
         if self.checks:
             out["checks"] = self.checks
-        return _finite(out)
+        return {k: v if k == "links" else _finite(v) for k, v in out.items()}
+
+    def write(self, folder) -> None:
+        """As every result, with the links (10^5 of them in a big graph) as one Parquet table."""
+        twin = copy.copy(self)
+        twin.links = pd.DataFrame(self.links)
+        Result.write(twin, folder)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, **self.to_graph_json()}
