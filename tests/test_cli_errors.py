@@ -267,3 +267,15 @@ def test_every_numeric_option_is_checked(words, parser):
     """Numbers go through interp.cli.types (a range, and finite), never bare int or float: argparse's float
     takes 'nan' and 'inf', and an int without a range lets 0 or -3 through to the analysis."""
     assert [a.option_strings or a.dest for a in parser._actions if a.type in (int, float)] == []
+
+
+def test_sae_features_replaces_a_feature_set_only_with_force(capsys, sae_dir, tmp_path):
+    argv = ["sae", "features", str(sae_dir), *M, "--workspace", str(tmp_path), "--top", "2", "--quantiles", "1",
+            "--per-quantile", "1", "--batch-size", "4"]
+    info = tmp_path / "sae_features" / sae_dir.name / "sae.json"
+    assert main([*argv, "--tokens", "1024"]) == 0
+    first = json.loads(info.read_text())["n_tokens"]
+    capsys.readouterr()
+    assert "--force" in run_bad(capsys, [*argv, "--tokens", "2048"])
+    assert json.loads(info.read_text())["n_tokens"] == first
+    assert main([*argv, "--tokens", "2048", "--force"]) == 0 and json.loads(info.read_text())["n_tokens"] > first
