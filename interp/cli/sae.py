@@ -1,5 +1,8 @@
 """`interp sae train|eval|features`: sparse autoencoders and transcoders.
 
+`train --layers SPEC` with `{l}` in the hooks trains one SAE per layer, and `--k 16,32` or
+`--expansion 4,8` one per setting, all from the same model passes, into a set folder (`eval` takes it).
+
 `train` also runs under `torchrun --nproc-per-node N -m interp sae train ...` (one process per share
 of the corpus, gradients averaged with DistributedDataParallel); only process 0 prints.
 """
@@ -15,17 +18,23 @@ def register(sub, common) -> None:
     actions = p.add_subparsers(dest="sae_command", required=True, metavar="ACTION")
 
     t = actions.add_parser("train", parents=[common], help="train an SAE (or a transcoder with --hook-out)")
-    t.add_argument("--hook", required=True, help="input hook, e.g. blocks.15.hook_resid_post")
+    t.add_argument("--hook", required=True, help="input hook, e.g. blocks.15.hook_resid_post; "
+                   "with --layers a template such as 'blocks.{l}.ln2.hook_normalized'")
     t.add_argument("--hook-out", default=None, help="transcoder target hook, e.g. blocks.15.hook_mlp_out "
-                   "(then --hook is blocks.15.ln2.hook_normalized)")
+                   "(then --hook is blocks.15.ln2.hook_normalized); with --layers 'blocks.{l}.hook_mlp_out'")
+    t.add_argument("--layers", default=None, help="one SAE per layer, {l} in the hooks: 'all', '3,7,15' or '0-29' "
+                   "(folders layer-00, ... under --out, one model pass for all)")
     t.add_argument("--arch", default="topk", choices=["relu", "topk", "batchtopk", "jumprelu"])
-    t.add_argument("--k", type=positive_int, default=32, help="active latents per token (topk, batchtopk)")
+    t.add_argument("--k", type=_comma_list(positive_int), default=None,
+                   help="active latents per token (topk, batchtopk; default 32); '16,32,64' trains one SAE per value")
     width = t.add_mutually_exclusive_group()
     width.add_argument("--width", type=positive_int, default=None, help="number of latents")
-    width.add_argument("--expansion", type=positive_float, default=8.0, help="latents per input dimension (default 8)")
+    width.add_argument("--expansion", type=_comma_list(positive_float), default=None,
+                       help="latents per input dimension (default 8); '4,8' trains one SAE per value")
     t.add_argument("--tokens", type=positive_int, default=2_000_000, help="training tokens (default 2M)")
     t.add_argument("--corpus", default=None, help="text file, folder, .jsonl, .parquet (default: built-in)")
-    t.add_argument("--out", required=True, help="folder for cfg.json + sae_weights.safetensors and checkpoints")
+    t.add_argument("--out", required=True, help="folder for cfg.json + sae_weights.safetensors and checkpoints "
+                   "(a set: one such folder per member + set.json)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     t.add_argument("--lr", type=positive_float, default=None, help="peak learning rate")
     t.add_argument("--batch-tokens", type=positive_int, default=None, help="tokens per optimizer step (all processes)")
@@ -41,7 +50,8 @@ def register(sub, common) -> None:
     declare_outputs(t, out=Output("dir", unless="resume", why="to continue an interrupted run in it"))
 
     e = actions.add_parser("eval", parents=[common], help="L0, explained variance, CE loss score, dead latents")
-    e.add_argument("dir", help="SAE folder (ours or sae-lens's)")
+    e.add_argument("dir", help="SAE folder (ours or sae-lens's), or a set folder from `train --layers` / a sweep: "
+                   "every member from one clean pass, plus the replacement model (all members spliced in at once)")
     e.add_argument("--tokens", type=positive_int, default=16_384, help="held-out tokens to evaluate on")
     e.add_argument("--corpus", default=None, help="evaluation corpus (default: the training corpus, read backwards)")
     e.add_argument("--batch-size", type=positive_int, default=8, help="sequences per forward pass")
@@ -70,36 +80,67 @@ def _feature_folder(args):
     return feature_folder(args.workspace, args.dir, args.name) if args.workspace else None
 
 
+def _comma_list(parse):
+    """An argparse type: comma-separated values, each read by `parse`."""
+    def parse_list(text: str) -> list:
+        return [parse(part.strip()) for part in text.split(",")]
+
+    parse_list.__name__ = f"list_of_{parse.__name__}"
+    return parse_list
+
+
 def run_train(args):
-    import dataclasses
     import os
     import sys
 
     from interp.cli import load_model_for
-    from interp.sae import TrainConfig, distributed, train
+    from interp.errors import InterpError
+    from interp.hooks import parse_layers
+    from interp.sae import TrainConfig, distributed, layer_configs, sweep_configs, train, train_set
 
+    ks, expansions = args.k or [], args.expansion or []
+    fields = {"hook": args.hook, "hook_out": args.hook_out, "arch": args.arch, "width": args.width, "tokens": args.tokens,
+              "corpus": args.corpus, "model": args.model, "device": args.device, "lr": args.lr,
+              "batch_tokens": args.batch_tokens, "sparsity_coefficient": args.sparsity_coefficient,
+              "seq_len": args.seq_len, "lm_batch_size": args.lm_batch_size, "buffer_tokens": args.buffer_tokens,
+              "checkpoint_every": args.checkpoint_every, "seed": args.seed, "outlier_ratio": args.outlier_ratio,
+              "k": ks[0] if len(ks) == 1 else None, "expansion": expansions[0] if len(expansions) == 1 else None}
+    fields = {k: v for k, v in fields.items() if v is not None}
+    sweep = len(ks) > 1 or len(expansions) > 1
+    if args.layers is not None and sweep:
+        raise InterpError("--layers and a --k/--expansion list do not combine; give one value, or sweep one layer")
     d = distributed.setup(args.device)
-    if not d.main:
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - process 0 alone reports
-    cfg = TrainConfig(hook=args.hook, hook_out=args.hook_out, arch=args.arch, k=args.k, width=args.width,
-                      expansion=args.expansion, tokens=args.tokens, corpus=args.corpus, model=args.model,
-                      device=args.device, progress=d.main)
-    overrides = {"lr": args.lr, "batch_tokens": args.batch_tokens, "sparsity_coefficient": args.sparsity_coefficient,
-                 "seq_len": args.seq_len, "lm_batch_size": args.lm_batch_size,
-                 "buffer_tokens": args.buffer_tokens, "checkpoint_every": args.checkpoint_every, "seed": args.seed,
-                 "outlier_ratio": args.outlier_ratio}
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     try:
-        return train(load_model_for(args), cfg, args.out, resume=args.resume, d=d)
+        if not d.main:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - process 0 alone reports
+        fields["progress"] = d.main
+        if sweep:
+            members = sweep_configs(k=ks if len(ks) > 1 else (), expansion=expansions if len(expansions) > 1 else (),
+                                    **fields)
+            return train_set(load_model_for(args), members, args.out, resume=args.resume, d=d)
+        if args.layers is None:
+            cfg = TrainConfig(**fields)  # checked before the model loads
+            return train(load_model_for(args), cfg, args.out, resume=args.resume, d=d)
+        layer_configs([0], **fields)  # the template and settings, checked before the model loads
+        model = load_model_for(args)
+        members = layer_configs(parse_layers(model, args.layers), **fields)
+        return train_set(model, members, args.out, resume=args.resume, d=d)
     finally:
         distributed.teardown(d)
 
 
 def run_eval(args):
     from interp.cli import load_model_for
+    from interp.errors import InterpError
     from interp.sae import load_sae
-    from interp.sae.evaluate import evaluate
+    from interp.sae.evaluate import evaluate, evaluate_set
+    from interp.sae.io import set_members
 
+    if set_members(args.dir) is not None:
+        if args.hook or args.hook_out:
+            raise InterpError("--hook/--hook-out name one SAE's hooks; a set's members name their own in cfg.json")
+        return evaluate_set(load_model_for(args), args.dir, tokens=args.tokens, corpus=args.corpus,
+                            batch_size=args.batch_size, device=args.device)
     sae = load_sae(args.dir, device=args.device)
     return evaluate(load_model_for(args), sae, tokens=args.tokens, corpus=args.corpus, batch_size=args.batch_size,
                     hook=args.hook, hook_out=args.hook_out, path=args.dir)

@@ -39,7 +39,7 @@ class _Selected(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             tokens = torch.arange(n, device=x.device).repeat_interleave(k)
             pairs = torch.sparse_coo_tensor(torch.stack([flat_idx, tokens]), flat_grad, (d_sae, n), check_invariants=False)
-            grad_w = torch.sparse.mm(pairs, x).T.contiguous()
+            grad_w = torch.sparse.mm(pairs, x).T
         if ctx.needs_input_grad[2]:
             grad_b = torch.zeros(d_sae, dtype=grad.dtype, device=grad.device).index_add_(0, flat_idx, flat_grad)
         return grad_x, grad_w, grad_b, None, None
@@ -73,13 +73,15 @@ class SparseTopKTraining:
         with torch.no_grad():
             pre = torch.addmm(self.b_enc, x, self.W_enc)
             hidden_pre = pre * norms if norms is not None else pre
-            idx = hidden_pre.topk(self.cfg.k, dim=-1, sorted=False).indices
+            idx = hidden_pre.topk(self.cfg.k, dim=-1, sorted=False).indices.sort(dim=-1).values
         acts = self._selected(x, pre, idx, norms).relu()
         sae_out = self._decode_selected(idx, acts, norms) + self.b_dec
         mse = self.mse_loss_fn(sae_out, step_input.sae_in).sum(dim=-1).mean()
         aux = self._aux_loss(self._target(step_input.sae_in), sae_out, x, pre, hidden_pre, norms,
                              step_input.dead_neuron_mask)
-        feature_acts = torch.zeros_like(pre).scatter_(1, idx, acts.detach())
+        tokens = torch.arange(len(idx), device=idx.device).repeat_interleave(idx.shape[1])
+        feature_acts = torch.sparse_coo_tensor(torch.stack([tokens, idx.reshape(-1)]), acts.detach().reshape(-1),
+                                               pre.shape, is_coalesced=True, check_invariants=False)  # sorted
         return TrainStepOutput(sae_in=step_input.sae_in, sae_out=sae_out, feature_acts=feature_acts,
                                hidden_pre=hidden_pre, loss=mse + aux,
                                losses={"mse_loss": mse, "auxiliary_reconstruction_loss": aux})
