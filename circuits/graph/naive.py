@@ -20,8 +20,6 @@ class NaiveAttribution:
     def __init__(self, model, frozen: Frozen, nodes: Nodes):
         self.frozen, self.nodes = frozen, nodes
         L = frozen.n_layers
-        self.embed = model.blocks[0].ln1.w.new_empty(0)  # replaced in the hook below
-        self.leaves: list[torch.Tensor] = []
         store: dict[str, torch.Tensor] = {}
 
         def leaf(name: str):
