@@ -14,12 +14,22 @@ import torch
 class MixingBuffer:
     def __init__(self, capacity: int, batch: int, mix_fraction: float, seed: int):
         self.capacity, self.batch, self.mix_fraction = capacity, batch, mix_fraction
-        self.pool: torch.Tensor | None = None  # rows waiting to be shuffled
+        self.pool: torch.Tensor | None = None  # rows kept back from the last shuffle
+        self.added: list[torch.Tensor] = []  # rows added since, joined to the pool once, at the next shuffle
         self.ready: torch.Tensor | None = None  # shuffled rows, served in order
         self.generator = torch.Generator().manual_seed(seed)
 
     def add(self, rows: torch.Tensor) -> None:
-        self.pool = rows if self.pool is None else torch.cat([self.pool, rows])
+        self.added.append(rows)
+
+    def _pooled(self) -> int:
+        return (0 if self.pool is None else len(self.pool)) + sum(len(r) for r in self.added)
+
+    def _join(self) -> None:
+        """Join the added rows to the pool (one copy per shuffle, not one per added batch)."""
+        if self.added:
+            self.pool = torch.cat(([self.pool] if self.pool is not None else []) + self.added)
+            self.added = []
 
     def batches(self, source: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
         """Endless batches of `batch` rows, refilling from `source` as needed."""
@@ -30,14 +40,16 @@ class MixingBuffer:
             yield out
 
     def _refill(self, source: Iterator[torch.Tensor]) -> None:
-        while self.pool is None or len(self.pool) < self.capacity:
+        while self._pooled() < self.capacity:
             self.add(next(source))
+        self._join()
         pool = self.pool[torch.randperm(len(self.pool), generator=self.generator)]
         keep = int(self.capacity * self.mix_fraction)
         self.ready = pool[keep:] if self.ready is None else torch.cat([self.ready, pool[keep:]])
         self.pool = pool[:keep]
 
     def state(self) -> dict[str, torch.Tensor]:
+        self._join()
         empty = torch.zeros(0)
         return {
             "pool": empty if self.pool is None else self.pool.contiguous(),
@@ -47,5 +59,6 @@ class MixingBuffer:
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         self.pool = state["pool"] if state["pool"].numel() else None
+        self.added = []
         self.ready = state["ready"] if state["ready"].numel() else None
         self.generator.set_state(state["generator"])

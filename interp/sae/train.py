@@ -207,8 +207,9 @@ class Trainer:
 
     def _kept(self, rows: torch.Tensor) -> torch.Tensor:
         keep = within_limits(rows, self.d_in, self.limits)
-        self.excluded += int((~keep).sum())
-        return rows[keep]
+        left_out = int((~keep).sum())
+        self.excluded += left_out
+        return rows[keep] if left_out else rows
 
     def _scaled(self, batch: torch.Tensor) -> torch.Tensor:
         batch = batch.to(self.cfg.device)
