@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from interp.plotting import escape_label
 from interp.results import Result, register_result
 
 FEATURE = "cross layer transcoder"
@@ -23,6 +24,7 @@ ERROR = "mlp reconstruction error"
 EMBEDDING = "embedding"
 LOGIT = "logit"
 NODE_TYPES = (FEATURE, ERROR, EMBEDDING, LOGIT)
+FIGURE_LINKS = 3000  # links drawn by `figure()`, largest |weight| first (a browser stays responsive)
 
 
 def _finite(value: Any) -> Any:
@@ -158,9 +160,10 @@ class AttributionGraph(Result):
             for i, n in enumerate(group):  # spread a cell's nodes across its column
                 where[n["node_id"]] = (pos + (i + 1) / (len(group) + 1) - 0.5, row)
         fig = go.Figure()
-        biggest = max((abs(link["weight"]) for link in self.links), default=1.0) or 1.0
+        links = sorted(self.links, key=lambda link: -abs(link["weight"]))[:FIGURE_LINKS]
+        biggest = abs(links[0]["weight"]) if links and links[0]["weight"] else 1.0
         buckets: dict[tuple[bool, int], tuple[list, list]] = {}
-        for link in self.links:
+        for link in links:
             if link["source"] not in where or link["target"] not in where:
                 continue
             level = min(3, int(4 * abs(link["weight"]) / biggest))
@@ -181,9 +184,11 @@ class AttributionGraph(Result):
                 x=[where[n["node_id"]][0] for n in members], y=[where[n["node_id"]][1] for n in members],
                 mode="markers", name=kind, marker={"color": colors[kind], "size": 9},
                 text=[_hover(n) for n in members], hoverinfo="text"))
+        shown = f" (the {len(links)} strongest of {len(self.links)} links)" if len(links) < len(self.links) else ""
         fig.update_layout(
-            title=f"attribution graph: {self.metadata.get('prompt', '')!r}", plot_bgcolor="white",
-            xaxis={"tickmode": "array", "tickvals": list(range(len(tokens))), "ticktext": tokens, "title": "position"},
+            title=escape_label(f"attribution graph: {self.metadata.get('prompt', '')!r}{shown}"), plot_bgcolor="white",
+            xaxis={"tickmode": "array", "tickvals": list(range(len(tokens))), "ticktext": [escape_label(t) for t in tokens],
+                   "title": "position"},
             yaxis={"tickmode": "array", "tickvals": list(range(n_layers + 2)),
                    "ticktext": ["emb", *[f"L{i}" for i in range(n_layers)], "logit"], "title": "layer"})
         return fig
@@ -232,4 +237,4 @@ def _hover(node: dict[str, Any]) -> str:
         parts.append("de-embedding: " + " ".join(map(repr, node["de_embedding"][:5])))
     if node.get("top_logits"):
         parts.append("top logits: " + " ".join(map(repr, node["top_logits"][:5])))
-    return "<br>".join(p.replace("<", "&lt;").replace(">", "&gt;") for p in parts)
+    return "<br>".join(escape_label(p) for p in parts)
