@@ -69,15 +69,17 @@ def test_coefficient_zero_is_no_steering_bit_for_bit(tiny_llama):
         assert torch.equal(greedy(tiny_llama, tokens, kv=True), generated)
 
 
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2"])  # rotary and learned absolute positions
 @pytest.mark.parametrize("positions", ["all", "prompt", "last"])
-def test_generation_with_the_kv_cache_equals_generation_without_it(tiny_llama, positions):
-    tokens = tokens_of(tiny_llama, PROMPT)
-    v = unit(tiny_llama, norm=40.0)
-    plain = greedy(tiny_llama, tokens, kv=True)
-    with steering(tiny_llama, v, HOOK, 1.0, positions):
-        cached = greedy(tiny_llama, tokens, kv=True)
-    with steering(tiny_llama, v, HOOK, 1.0, positions):
-        full = greedy(tiny_llama, tokens, kv=False)
+def test_generation_with_the_kv_cache_equals_generation_without_it(request, name, positions):
+    model = request.getfixturevalue(name)
+    tokens = tokens_of(model, PROMPT)
+    v = unit(model, norm=40.0)
+    plain = greedy(model, tokens, kv=True)
+    with steering(model, v, HOOK, 1.0, positions):
+        cached = greedy(model, tokens, kv=True)
+    with steering(model, v, HOOK, 1.0, positions):
+        full = greedy(model, tokens, kv=False)
     assert torch.equal(cached, full)
     assert not torch.equal(cached, plain)  # the steering changed the generation, so the comparison tells
 
@@ -133,6 +135,25 @@ def write_sae(model, out, hook: str, model_name: str | None = None, seed: int = 
     d = model.cfg.d_model
     save_trained(training_sae(cfg, d, None, metadata), out, 1.0, 1.0, torch.zeros(cfg.d_sae(d)), {})
     return out
+
+
+def test_probe_vector_is_the_saved_sweeps_gap_scaled_direction(tiny_llama, tmp_path):
+    from probes.collect import collect_activations
+    from probes.datasets import load_dataset
+    from probes.sweep import sweep
+
+    data = load_dataset("sentiment").subset(range(0, 400, 10))
+    layers = [0, 1]
+    acts = collect_activations(tiny_llama, data.texts, layers, progress=False)
+    saved = sweep(acts, data, layers, ["logistic", "mass-mean"], folds=3, model="tiny-llama", progress=False)
+    folder = saved.save(tmp_path / "ws")
+    vector = resolve_vector(tiny_llama, f"probe:{folder}", layer=1)
+    assert vector.hook == HOOK and torch.equal(vector.vector, saved.steering_vector("mass-mean", 1).float())
+    assert vector.behaviour.name == "probe"  # the sweep's dataset is built in, so the measure is there
+    logistic = resolve_vector(tiny_llama, f"probe:{folder}:logistic", layer=1)
+    assert torch.equal(logistic.vector, saved.steering_vector("logistic", 1).float())
+    with pytest.raises(InterpError, match="no probe at layer 2"):
+        resolve_vector(tiny_llama, f"probe:{folder}", layer=2)
 
 
 def test_feature_vectors_are_decoder_rows_at_the_right_hook(tiny_llama, tmp_path):
