@@ -64,8 +64,9 @@ def steer(model, vector: str | torch.Tensor | SteeringVector, layer: int | None 
           max_new_tokens: int = 24, samples: int = 1, seed: int = 0, neutral: int = 8,
           workspace: str | Path | None = None, progress: bool = True) -> SteerResult:
     """Steer generation from `prompt` with `vector` (a SPEC such as "dataset:sentiment", a tensor, or a
-    resolved `SteeringVector`) at `hook` (default `blocks.{layer}.hook_resid_post`, or the hook the source
-    carries) for each coefficient, beside the random control; see `interp.steering.measure` for the columns."""
+    resolved `SteeringVector`) for each coefficient, beside the random control; see `interp.steering.measure`
+    for the columns. `layer` and `hook` place a SPEC or a tensor (default `blocks.{layer}.hook_resid_post`,
+    or the hook the source carries); a `SteeringVector` already knows its hook."""
     from tqdm.auto import tqdm
 
     coefs = check_coefs(coefs)
