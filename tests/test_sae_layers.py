@@ -30,8 +30,7 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
 
 def massive(act, hook):
     """Massive activations at positions 10-39 of every sequence (real models have a few): a member reading
-    this hook leaves those tokens out, the others keep them, so members read the shared stream at different
-    paces and rows wait for the slower ones."""
+    this hook leaves those tokens out, the others keep them."""
     act[:, 10:40, 3] += 1000 * act.norm(dim=-1).median()
     return act
 
@@ -93,11 +92,9 @@ def test_resume_continues_every_member_exactly(tiny_llama, tmp_path, monkeypatch
 
     members = layer_configs([0, 1], hook=LN2, hook_out=MLP_OUT, **{**SMALL, "checkpoint_every": 1536})
     original = checkpoint.save
-    saved = []
 
-    def save_then_die(out, step, trainer_tensors, trainer_meta, rank_tensors, rank_meta, d):
-        saved.append(sorted(rank_tensors))
-        original(out, step, trainer_tensors, trainer_meta, rank_tensors, rank_meta, d)
+    def save_then_die(*args):
+        original(*args)
         raise KeyboardInterrupt
 
     with tiny_llama.hooks(fwd_hooks=[("blocks.1.hook_mlp_out", massive)]):
@@ -105,7 +102,6 @@ def test_resume_continues_every_member_exactly(tiny_llama, tmp_path, monkeypatch
         with pytest.raises(KeyboardInterrupt):
             train_set(tiny_llama, members, tmp_path / "killed")
         monkeypatch.setattr(checkpoint, "save", original)
-        assert any("/waiting." in key for key in saved[0])  # rows read for one member, waiting for the other
         with pytest.raises(InterpError, match="--resume"):
             train_set(tiny_llama, members, tmp_path / "killed")
         with pytest.raises(InterpError, match="other members"):
@@ -113,6 +109,8 @@ def test_resume_continues_every_member_exactly(tiny_llama, tmp_path, monkeypatch
         resumed = train_set(tiny_llama, members, tmp_path / "killed", resume=True)
         train_set(tiny_llama, members, tmp_path / "whole")
     assert resumed.resumed_from_step == 12
+    left_out = resumed.members.set_index("name")["outliers_left_out"]
+    assert left_out["layer-01"] > 0 and left_out["layer-00"] == 0  # each member its own outliers
     for name in members:
         a, b = weights(tmp_path / "whole" / name), weights(tmp_path / "killed" / name)
         assert all(torch.equal(a[k], b[k]) for k in a), name

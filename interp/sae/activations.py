@@ -102,9 +102,9 @@ class SplitRows:
     """One activation stream read by several SAEs: member i gets the rows of its own hooks side by side
     ([input | target] for a transcoder), from the same model batches as every other member.
 
-    A model batch is read when a member has no rows waiting; the other members' rows of it wait for them.
-    Members that leave out different outlier tokens read at slightly different paces, so a few batches
-    may wait; they are part of the checkpoint, so a resumed run reads exactly what an uninterrupted one would.
+    A model batch is read when a member has no rows waiting, and waits for the others until they read it.
+    Members read the same number of rows each step (outliers leave a batch only when it is served), so
+    at the end of a training step nothing waits: a checkpoint needs only the stream's position.
     """
 
     def __init__(self, source: ActivationSource, member_hooks: Sequence[Sequence[str]]):
@@ -125,11 +125,3 @@ class SplitRows:
         acts = next(self._batches)
         for queue, hooks in zip(self.waiting, self.member_hooks):
             queue.append(torch.cat([acts[h] for h in hooks], dim=-1) if len(hooks) > 1 else acts[hooks[0]])
-
-    def state(self, i: int) -> dict[str, torch.Tensor]:
-        """Member i's waiting rows, one tensor per model batch."""
-        return {f"waiting.{j}": rows for j, rows in enumerate(self.waiting[i])}
-
-    def load_state(self, i: int, tensors: dict[str, torch.Tensor]) -> None:
-        count = sum(1 for key in tensors if key.startswith("waiting."))
-        self.waiting[i] = deque(tensors[f"waiting.{j}"] for j in range(count))

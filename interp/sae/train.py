@@ -2,16 +2,18 @@
 
 One runner for all architectures, for 1..N processes and for 1..M SAEs at once (`train_set`: one
 member per layer or per setting, all fed from the same model forward passes; `train` is the
-one-member case). Per member: its rows of the shared activation stream -> outlier tokens
-left out (norm above `outlier_ratio` x the median, estimated on the first rows) -> a mixing buffer
--> normalization to mean norm sqrt(d) (estimated on the first rows, folded into the weights at the
+one-member case). Per member: its rows of the shared activation stream -> a mixing buffer ->
+batches less their outlier tokens (norm above `outlier_ratio` x the median, estimated on the first
+rows; so a batch has slightly fewer than `batch_tokens` tokens where some are left out) ->
+normalization to mean norm sqrt(d) (estimated on the first rows, folded into the weights at the
 end) -> sae-lens `training_forward_pass` (its losses, AuxK, thresholds) -> Adam with warm-up and
 linear decay, gradient clipping at 1 as sae-lens does. Dead latents are tracked over a token window
 and fed back to the architectures that use them (AuxK, pre-activation loss). Checkpoints are written
 every `checkpoint_every` tokens; `resume=True` continues from the last one and ends bit-for-bit
 where an uninterrupted run would, because the data order and the buffer's RNG are part of the state.
 A member of a set computes exactly what a `train` run of its own config computes (same rows, its own
-outlier limits, buffer and seed), so its weights are that run's.
+outlier limits, buffer and seed), so its weights are that run's; since outliers leave a batch only
+when it is served, all members read the shared stream in step, whatever each leaves out.
 """
 
 from __future__ import annotations
@@ -185,10 +187,10 @@ class Trainer:
         while sum(len(r) for r in first) < self.cfg.norm_tokens:
             first.append(next(rows))
         x = torch.cat(first)
+        self.buffer.add(x)
         medians = distributed.all_reduce(norm_medians(x, self.d_in), self.d, "mean")
         self._set_limits((medians * self.cfg.outlier_ratio).tolist() if self.cfg.outlier_ratio else None)
-        x = self._kept(x)
-        self.buffer.add(x)
+        x = x[within_limits(x, self.d_in, self.limits)]
         x_in, y = x[:, : self.d_in], x[:, self.d_in:] if self.cfg.is_transcoder else x
         norms = torch.stack([x_in.norm(dim=-1).mean(), y.norm(dim=-1).mean()]).double()
         mean_y = y.mean(0).double()
@@ -206,6 +208,7 @@ class Trainer:
         meta.max_norm_out = limits[1] if limits and len(limits) > 1 else None
 
     def _kept(self, rows: torch.Tensor) -> torch.Tensor:
+        """`rows` without the tokens over the norm limits (counted in `excluded`)."""
         keep = within_limits(rows, self.d_in, self.limits)
         left_out = int((~keep).sum())
         self.excluded += left_out
@@ -266,11 +269,15 @@ class Trainer:
         """Read this member's rows from `rows`: limits and normalization from the first ones (unless resumed)."""
         if self.scale_in is None:
             self._init_from_data(rows)
-        self._batches = self.buffer.batches(self._kept(r) for r in rows)
+        self._batches = self.buffer.batches(rows)
 
     def train_step(self) -> dict[str, float]:
-        """One optimizer step on the next batch; returns its statistics."""
-        self.last = self._step(next(self._batches))
+        """One optimizer step on the next batch, less its outlier tokens; returns its statistics.
+
+        Outliers leave when a batch is served, not when rows are read: every member of a set then reads
+        the shared stream at the same pace, whatever it leaves out.
+        """
+        self.last = self._step(self._kept(next(self._batches)))
         self.step += 1
         return self.last
 
@@ -429,9 +436,7 @@ def _run(model, members: dict[str, TrainConfig], out: Path, resume: bool, corpus
         source.epoch, source.batch_in_epoch = rank_meta["epoch"], rank_meta["batch_in_epoch"]
         for i, t in enumerate(trainers):
             t.load_state(_unprefixed(t.name, tensors), meta["members"][t.name])
-            own = _unprefixed(t.name, rank_tensors)
-            t.buffer.load_state(_unprefixed("buffer", own))
-            rows.load_state(i, own)
+            t.buffer.load_state(_unprefixed("buffer", _unprefixed(t.name, rank_tensors)))
             t.excluded = rank_meta["members"][t.name]["excluded"]
         start_step = trainers[0].step
     elif d.main:
@@ -441,10 +446,11 @@ def _run(model, members: dict[str, TrainConfig], out: Path, resume: bool, corpus
     def save_checkpoint() -> None:
         tensors, meta, rank_tensors = {}, {"step": trainers[0].step, "world": d.world, "members": {}}, {}
         rank_meta = {"epoch": source.epoch, "batch_in_epoch": source.batch_in_epoch, "members": {}}
-        for i, t in enumerate(trainers):
+        assert not any(rows.waiting), "members read the stream in step; no rows wait between steps"
+        for t in trainers:
             own, meta["members"][t.name] = t.state()
             tensors.update(_prefixed(t.name, own))
-            rank_tensors.update(_prefixed(t.name, {**_prefixed("buffer", t.buffer.state()), **rows.state(i)}))
+            rank_tensors.update(_prefixed(t.name, _prefixed("buffer", t.buffer.state())))
             rank_meta["members"][t.name] = {"excluded": t.excluded}
         checkpoint.save(out, trainers[0].step, tensors, meta, rank_tensors, rank_meta, d)
 
