@@ -8,6 +8,7 @@ The layout is computed once for the whole graph, so nodes stay put while the sli
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import math
 from collections import defaultdict
 from typing import Any
@@ -24,6 +25,12 @@ COLUMN_GAP, ROW_GAP = 34.0, 80.0
 def node_kind(node: dict) -> str:
     """"feature", "error", "embedding", "logit" (or "other") from circuit-tracer's `feature_type`."""
     return KINDS.get(str(node.get("feature_type", "")), "other")
+
+
+def link_weight(link: dict) -> float:
+    """A link's weight as a float; 0 for a missing or non-finite one (graph JSON writes NaN as null)."""
+    value = link.get("weight")
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else 0.0
 
 
 def _influence(node: dict) -> float:
@@ -165,9 +172,8 @@ def index_graph(graph: dict) -> GraphIndex:
     columns = [(pos * width + width / 2, tokens[pos] if pos < len(tokens) else "") for pos in range(n_pos)]
     names = ["embeddings"] + [f"L{layer}" for layer in range(n_layers)] + ["logits"]
     rows = [(bottoms[row] + (sub_rows[row] - 1) * DY / 2, names[row]) for row in range(n_rows)]
-    weights = [abs(float(l["weight"])) for l in graph["links"] if math.isfinite(float(l["weight"]))]
     return GraphIndex(graph, nodes, dict(incoming), dict(outgoing), positions, columns, rows,
-                      max(weights, default=1.0) or 1.0)
+                      max((abs(link_weight(l)) for l in graph["links"]), default=1.0) or 1.0)
 
 
 def top_links(index: GraphIndex, node_id: str, k: int = 5, among: set[str] | None = None
@@ -176,10 +182,33 @@ def top_links(index: GraphIndex, node_id: str, k: int = 5, among: set[str] | Non
     whose other end is in `among`."""
     def strongest(links: list[dict], end: str) -> list[dict]:
         shown = [l for l in links if among is None or l[end] in among]
-        return sorted(shown, key=lambda l: -abs(float(l["weight"])))[:k]
+        return sorted(shown, key=lambda l: -abs(link_weight(l)))[:k]
 
     return (strongest(index.incoming.get(node_id, []), "source"),
             strongest(index.outgoing.get(node_id, []), "target"))
+
+
+def links_among(index: GraphIndex, shown: set[str]) -> list[int]:
+    """Indices (in `graph["links"]`) of the links whose both ends are in `shown`."""
+    return [i for i, l in enumerate(index.graph["links"]) if l["source"] in shown and l["target"] in shown]
+
+
+def drawn_links(index: GraphIndex, limit: int, per_node: int) -> list[int]:
+    """Indices of the links a viewer draws when the graph has too many: the `limit` strongest by |weight|,
+    and each node's `per_node` strongest links, in or out (so that every node, and a subgraph of pinned
+    nodes, keeps its main links); in graph order."""
+    links = index.graph["links"]
+    if len(links) <= limit:
+        return list(range(len(links)))
+    strength = [abs(link_weight(l)) for l in links]
+    keep = set(heapq.nlargest(limit, range(len(links)), key=strength.__getitem__))
+    ends: dict[str, list[int]] = defaultdict(list)
+    for i, link in enumerate(links):
+        ends[link["source"]].append(i)
+        ends[link["target"]].append(i)
+    for members in ends.values():
+        keep.update(heapq.nlargest(per_node, members, key=strength.__getitem__))
+    return sorted(keep)
 
 
 def _number(value: Any) -> str:
@@ -211,5 +240,5 @@ def hover_lines(index: GraphIndex, node_id: str, among: set[str] | None = None, 
         for link in links:
             other = index.nodes.get(link[end])
             name = long_label(other, tokens) if other else str(link[end])
-            lines.append(f"{title} {name}: {float(link['weight']):+.4g}")
+            lines.append(f"{title} {name}: {link_weight(link):+.4g}")
     return lines

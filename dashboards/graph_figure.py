@@ -8,12 +8,10 @@ thousands of links stays one small figure.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import plotly.graph_objects as go
 
-from dashboards.graph_data import GraphIndex, hover_lines, node_kind, short_label
+from dashboards.graph_data import GraphIndex, hover_lines, link_weight, links_among, node_kind, short_label
 from interp.plotting import escape_label, token_labels
 
 COLOURS = {"feature": "#7fb3e0", "error": "#b0b0b0", "embedding": "#86c98a", "logit": "#f5a35c", "other": "#cccccc"}
@@ -25,12 +23,9 @@ WIDTHS = (0.6, 1.5, 3.0, 5.0)  # line width per class of |weight| / max |weight|
 def _edge_traces(index: GraphIndex, shown: set[str]) -> list[go.Scatter]:
     """Links between shown nodes as line traces grouped by sign and width class."""
     groups: dict[tuple[bool, int], tuple[list, list]] = {}
-    for link in index.graph["links"]:
-        if link["source"] not in shown or link["target"] not in shown:
-            continue
-        weight = float(link["weight"])
-        if not math.isfinite(weight):
-            continue
+    links = index.graph["links"]
+    for link in (links[i] for i in links_among(index, shown)):
+        weight = link_weight(link)
         width = min(int(len(WIDTHS) * abs(weight) / index.max_weight), len(WIDTHS) - 1)
         xs, ys = groups.setdefault((weight >= 0, width), ([], []))
         (x0, y0), (x1, y1) = index.positions[link["source"]], index.positions[link["target"]]

@@ -10,6 +10,7 @@ schema) and a standalone HTML page (plotly.js inlined) of what the viewer shows.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from typing import Any
@@ -26,9 +27,12 @@ from dashboards.figures import standalone_html
 from dashboards.graph_card import node_card
 from dashboards.graph_data import (
     GraphIndex,
+    drawn_links,
     hover_lines,
     index_graph,
     kept_ids,
+    link_weight,
+    links_among,
     long_label,
     node_kind,
     prompt_tokens,
@@ -41,6 +45,9 @@ from interp.errors import InterpError
 from interp.workspace import Entry, slug
 
 KIND = "attribution_graph"
+MAX_LINKS = 3000  # the strongest links drawn (plus LINKS_PER_NODE of each node's): the page stays light
+LINKS_PER_NODE = 4
+PINNED = "#8e44ad"
 AXIS = "axis:"  # id prefix of the token and layer label nodes (graph node ids never hold a colon)
 STYLESHEET = [
     {"selector": "node", "style": {"width": 14, "height": 14, "label": "data(label)", "font-size": 8,
@@ -51,7 +58,6 @@ STYLESHEET = [
     {"selector": "node.embedding", "style": {"shape": "rectangle", "width": 18}},
     {"selector": "node.logit", "style": {"shape": "diamond", "width": 18, "height": 18}},
     {"selector": "node.target", "style": {"border-width": 2.5, "border-color": "#a0522d"}},
-    {"selector": "node.pinned", "style": {"border-width": 3, "border-color": "#8e44ad"}},
     {"selector": "node:selected", "style": {"border-width": 3, "border-color": "#000"}},
     {"selector": "node.axis", "style": {"background-opacity": 0, "border-width": 0, "font-size": 11,
                                         "color": "#333", "text-valign": "center", "events": "no"}},
@@ -64,15 +70,30 @@ STYLESHEET = [
 
 
 # -- data ----------------------------------------------------------------------------------------
-def load_graph(ctx: Context, name: str) -> tuple[Any, Entry, GraphIndex]:
-    """The saved graph `name`: its Result, workspace entry and index (cached per file version)."""
+@dataclasses.dataclass
+class Loaded:
+    """A saved graph as the page uses it: its Result and entry, its index, and the links the viewer draws."""
+
+    result: Any
+    entry: Entry
+    index: GraphIndex
+    drawn: set[int]
+
+
+def load_graph(ctx: Context, name: str) -> Loaded:
+    """The saved graph `name` (indexed once per file version)."""
     entry = find_entry(ctx, KIND, name)
     result = load_result(ctx, entry)
     if result is None:
         raise InterpError(f"no module registers results of kind {KIND!r}; update interp")
     stamp = (entry.path / "result.json").stat().st_mtime_ns
-    index = ctx.cache.get(("graph", str(entry.path), stamp), lambda: index_graph(result.to_graph_json()))
-    return result, entry, index
+
+    def prepare() -> tuple[GraphIndex, set[int]]:
+        index = index_graph(result.to_graph_json())
+        return index, set(drawn_links(index, MAX_LINKS, LINKS_PER_NODE))
+
+    index, drawn = ctx.cache.get(("graph", str(entry.path), stamp), prepare)
+    return Loaded(result, entry, index, drawn)
 
 
 def shown_ids(index: GraphIndex, threshold: float | None, pinned: list[str] | None, only_pinned: bool) -> set[str]:
@@ -83,42 +104,57 @@ def shown_ids(index: GraphIndex, threshold: float | None, pinned: list[str] | No
     return kept_ids(index.graph, math.inf if threshold is None else float(threshold)) | pinned_set
 
 
-def elements(index: GraphIndex, shown: set[str], pinned: list[str] | None = None) -> list[dict]:
-    """Cytoscape elements: the shown nodes at their fixed positions (y flipped: cytoscape's grows down),
-    token labels under each position, layer labels on the left, and the links among shown nodes."""
-    pinned_set, tokens = set(pinned or []), index.tokens
-    out: list[dict] = []
-    for node_id in shown:
-        node = index.nodes[node_id]
+def elements(index: GraphIndex, drawn: set[int]) -> list[dict]:
+    """Cytoscape elements, sent once per page: every node at its fixed position (y flipped: cytoscape's
+    grows down) with its influence, token labels under each position, layer labels on the left, and the
+    `drawn` links (see `drawn_links`). The slider and the pins change only the stylesheet (`view_stylesheet`)."""
+    tokens, out = index.tokens, []
+    for node_id, node in index.nodes.items():
         x, y = index.positions[node_id]
-        classes = [node_kind(node), *["target"] * bool(node.get("is_target_logit")),
-                   *["pinned"] * (node_id in pinned_set)]
-        out.append({"data": {"id": node_id, "label": short_label(node, tokens)}, "position": {"x": x, "y": -y},
-                    "classes": " ".join(classes)})
+        influence = node.get("influence")
+        out.append({"data": {"id": node_id, "label": short_label(node, tokens),
+                             "influence": float(influence) if isinstance(influence, (int, float)) else 0.0},
+                    "position": {"x": x, "y": -y},
+                    "classes": " ".join(["gnode", node_kind(node), *["target"] * bool(node.get("is_target_logit"))])})
     left = min((x for x, _ in index.positions.values()), default=0.0) - 70
     out += [{"data": {"id": f"{AXIS}pos{pos}", "label": f"{pos}: {token_at(index.graph, pos)}"},
              "position": {"x": x, "y": 55}, "classes": "axis", "selectable": False, "grabbable": False}
             for pos, (x, _) in enumerate(index.columns)]
     out += [{"data": {"id": f"{AXIS}row{row}", "label": name}, "position": {"x": left, "y": -y}, "classes": "axis",
              "selectable": False, "grabbable": False} for row, (y, name) in enumerate(index.rows)]
-    for i, link in enumerate(index.graph["links"]):
-        if link["source"] in shown and link["target"] in shown:
-            share = min(abs(float(link["weight"])) / index.max_weight, 1.0) if math.isfinite(link["weight"]) else 0.0
-            out.append({"data": {"id": f"link{i}", "source": link["source"], "target": link["target"],
-                                 "weight": float(link["weight"]), "width": round(0.5 + 6 * share, 2),
-                                 "opacity": round(0.25 + 0.65 * share, 2)},
-                        "classes": "pos" if link["weight"] >= 0 else "neg"})
+    for i in sorted(drawn):
+        link = index.graph["links"][i]
+        weight = link_weight(link)
+        share = min(abs(weight) / index.max_weight, 1.0)
+        out.append({"data": {"id": f"link{i}", "source": link["source"], "target": link["target"], "weight": weight,
+                             "width": round(0.5 + 6 * share, 2), "opacity": round(0.25 + 0.65 * share, 2)},
+                    "classes": "pos" if weight >= 0 else "neg"})
     return out
 
 
-def view_state(index: GraphIndex, threshold: float | None, pinned: list[str] | None, only_pinned: bool
-               ) -> tuple[list[dict], str]:
-    """The viewer's elements and the line that counts what they show."""
-    shown = shown_ids(index, threshold, pinned, only_pinned)
-    out = elements(index, shown, pinned)
-    n_links = sum(1 for e in out if "source" in e["data"])
-    return out, (f"showing {len(shown)} of {len(index.nodes)} nodes and {n_links} of {len(index.graph['links'])} "
-                 f"links" + (" (pinned only)" if only_pinned else ""))
+def view_stylesheet(index: GraphIndex, threshold: float | None, pinned: list[str] | None, only_pinned: bool
+                    ) -> list[dict]:
+    """STYLESHEET plus the rules of one view: hide every node (pinned only) or the feature nodes above the
+    influence threshold, then show and mark the pinned ones. Cytoscape hides the links of hidden nodes."""
+    rules = list(STYLESHEET)
+    if only_pinned:
+        rules.append({"selector": "node.gnode", "style": {"display": "none"}})
+    elif threshold is not None:
+        rules.append({"selector": f"node.feature[influence > {float(threshold)!r}]", "style": {"display": "none"}})
+    for node_id in pinned or []:
+        if node_id in index.nodes:  # a known id, quoted as a selector string
+            rules.append({"selector": f"node[id = {json.dumps(node_id)}]",
+                          "style": {"display": "element", "border-width": 3, "border-color": PINNED}})
+    return rules
+
+
+def view_count(index: GraphIndex, shown: set[str], drawn: set[int]) -> str:
+    """The line that says how much of the graph the view shows."""
+    among = links_among(index, shown)
+    n_drawn = sum(1 for i in among if i in drawn)
+    links = f"{n_drawn} of {len(index.graph['links'])} links" if n_drawn == len(among) else (
+        f"the {n_drawn} strongest of their {len(among)} links ({len(index.graph['links'])} in all)")
+    return f"showing {len(shown)} of {len(index.nodes)} nodes and {links}"
 
 
 def nodes_frame(graph: dict) -> pd.DataFrame:
@@ -176,16 +212,16 @@ def _controls(index: GraphIndex, count: str) -> html.Div:
 @register_view(KIND)
 def graph_view(result, entry: Entry, ctx: Context) -> list[Any]:
     """Viewer, hover and card panels, pinned list, logit probabilities, node and QK tables, summary."""
-    _, _, index = load_graph(ctx, entry.name)
-    key = entry_key(entry)
+    loaded = load_graph(ctx, entry.name)
+    index, key = loaded.index, entry_key(entry)
     graph_json = index.graph
-    initial, count = view_state(index, None, [], False)
+    count = view_count(index, shown_ids(index, None, [], False), loaded.drawn)
     parts: list[Any] = [*_describe(graph_json), dcc.Store(id="graph-ref", data=entry.name),
                         dcc.Store(id="graph-pinned", data=[]), dcc.Store(id="graph-selected", data=None),
                         _controls(index, count),
                         html.Div(className="graph-main", children=[
-                            cyto.Cytoscape(id="graph-cyto", elements=initial, stylesheet=STYLESHEET,
-                                           layout={"name": "preset", "fit": True, "padding": 30},
+                            cyto.Cytoscape(id="graph-cyto", elements=elements(index, loaded.drawn),
+                                           stylesheet=STYLESHEET, layout={"name": "preset", "fit": True, "padding": 30},
                                            style={"width": "100%", "height": "640px"}, minZoom=0.05, maxZoom=4,
                                            boxSelectionEnabled=False, className="graph-canvas"),
                             html.Div(className="graph-side", children=[
@@ -212,32 +248,36 @@ def _pinned_list(index: GraphIndex, pinned: list[str]) -> Any:
                    id="graph-pins")
 
 
+VIEW = (State("graph-threshold", "value"), State("graph-pinned", "data"), State("graph-only-pinned", "value"),
+        State("graph-ref", "data"))  # what every callback needs to know of the view
+
+
 def register_graph_callbacks(app: Dash, ctx: Context) -> None:
     """View updates (slider, pins), hover, click-for-card, pinning and the two downloads."""
 
-    @app.callback(Output("graph-cyto", "elements"), Output("graph-count", "children"),
+    @app.callback(Output("graph-cyto", "stylesheet"), Output("graph-count", "children"),
                   Output("graph-pinned-list", "children"),
                   Input("graph-threshold", "value"), Input("graph-pinned", "data"), Input("graph-only-pinned", "value"),
-                  State("graph-ref", "data"))
+                  State("graph-ref", "data"), prevent_initial_call=True)
     def update_view(threshold, pinned, only, name):
-        _, _, index = load_graph(ctx, name)
-        return *view_state(index, threshold, pinned, bool(only)), _pinned_list(index, pinned or [])
+        loaded = load_graph(ctx, name)
+        index, shown = loaded.index, shown_ids(loaded.index, threshold, pinned, bool(only))
+        count = view_count(index, shown, loaded.drawn) + (" (pinned only)" if only else "")
+        return view_stylesheet(index, threshold, pinned, bool(only)), count, _pinned_list(index, pinned or [])
 
-    @app.callback(Output("graph-hover", "children"), Input("graph-cyto", "mouseoverNodeData"),
-                  State("graph-threshold", "value"), State("graph-pinned", "data"),
-                  State("graph-only-pinned", "value"), State("graph-ref", "data"), prevent_initial_call=True)
+    @app.callback(Output("graph-hover", "children"), Input("graph-cyto", "mouseoverNodeData"), *VIEW,
+                  prevent_initial_call=True)
     def hover(data, threshold, pinned, only, name):
-        _, _, index = load_graph(ctx, name)
+        index = load_graph(ctx, name).index
         if not data or data.get("id") not in index.nodes:
             raise PreventUpdate
         lines = hover_lines(index, data["id"], shown_ids(index, threshold, pinned, bool(only)))
         return [html.B(lines[0]), *(html.Div(line) for line in lines[1:])]
 
     @app.callback(Output("graph-card", "children"), Output("graph-selected", "data"),
-                  Input("graph-cyto", "tapNodeData"), State("graph-threshold", "value"), State("graph-pinned", "data"),
-                  State("graph-only-pinned", "value"), State("graph-ref", "data"), prevent_initial_call=True)
+                  Input("graph-cyto", "tapNodeData"), *VIEW, prevent_initial_call=True)
     def card(data, threshold, pinned, only, name):
-        _, _, index = load_graph(ctx, name)
+        index = load_graph(ctx, name).index
         if not data or data.get("id") not in index.nodes:
             raise PreventUpdate
         return node_card(ctx, index, data["id"], shown_ids(index, threshold, pinned, bool(only))), data["id"]
@@ -249,18 +289,18 @@ def register_graph_callbacks(app: Dash, ctx: Context) -> None:
         return pinned_after(dash.ctx.triggered_id, selected, pinned or [])
 
     @app.callback(Output("graph-download", "data"), Input("graph-dl-json", "n_clicks"),
-                  Input("graph-dl-html", "n_clicks"), State("graph-threshold", "value"), State("graph-pinned", "data"),
-                  State("graph-only-pinned", "value"), State("graph-ref", "data"), prevent_initial_call=True)
+                  Input("graph-dl-html", "n_clicks"), *VIEW, prevent_initial_call=True)
     def download(_json, _html, threshold, pinned, only, name):
-        result, entry, index = load_graph(ctx, name)
+        loaded = load_graph(ctx, name)
+        filename = slug(loaded.entry.name, 80)
         if dash.ctx.triggered_id == "graph-dl-json":
-            return dcc.send_string(json.dumps(result.to_graph_json(), allow_nan=False),
-                                   filename=f"{slug(entry.name, 80)}.json")
+            return dcc.send_string(json.dumps(loaded.result.to_graph_json(), allow_nan=False),
+                                   filename=f"{filename}.json")
         if dash.ctx.triggered_id == "graph-dl-html":
-            shown = shown_ids(index, threshold, pinned, bool(only))
-            title = f"{entry.name}: {index.graph.get('metadata', {}).get('prompt', '')}"
-            return dcc.send_string(standalone_html(graph_figure(index, shown, title)),
-                                   filename=f"{slug(entry.name, 80)}-graph.html")
+            shown = shown_ids(loaded.index, threshold, pinned, bool(only))
+            title = f"{loaded.entry.name}: {loaded.index.graph.get('metadata', {}).get('prompt', '')}"
+            return dcc.send_string(standalone_html(graph_figure(loaded.index, shown, title)),
+                                   filename=f"{filename}-graph.html")
         raise PreventUpdate
 
 

@@ -1,46 +1,24 @@
-"""The attribution-graph page, server side: pure graph functions against plain references, then the
-page and its callbacks through the Flask test client (the same HTTP requests the browser sends)."""
+"""The attribution-graph page: pure graph functions against plain references; the page and its callbacks
+through the Flask test client (the same HTTP requests the browser sends), on a synthetic graph and on one
+built from a trained tiny transcoder set; then in headless Chromium (marked `browser`; offline, no markup
+run): hover, click for the card, prune by the slider, pin, download, and the offline HTML opened alone."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
 
+from circuits.graph.result import AttributionGraph
 from dashboards.app import create_app
 from dashboards.graph_data import index_graph, node_kind, pinned_subgraph, prune
 from dashboards.synthetic import HOSTILE_TOKEN, synthetic_graph, write_synthetic_features
-from interp.results import Result, register_result
+from interp.results import Result
 
 NAME = "fact"
-
-
-@register_result
-@dataclasses.dataclass
-class StandInGraph(Result):
-    """The contract's fields and `to_graph_json()`, until circuits/graph/result.py lands."""
-
-    kind = "attribution_graph"
-    metadata: dict
-    nodes: list
-    links: list
-    scores: dict
-    qk: list
-
-    def to_graph_json(self) -> dict:
-        return {"metadata": self.metadata, "nodes": self.nodes, "links": self.links, "scores": self.scores,
-                "qk": self.qk}
-
-    def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.nodes)
-
-    def summary(self) -> str:
-        return f"{len(self.nodes)} nodes"
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +35,7 @@ def graph(transcoders) -> dict:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, graph, transcoders):
     ws = tmp_path_factory.mktemp("ws")
-    StandInGraph(**graph).save(ws, NAME)
+    AttributionGraph(**graph).save(ws, NAME)
     write_synthetic_features(ws, "tc1", n_features=512, n_top=4, quantiles=1, per_quantile=1, context_len=8,
                              meta={"sae_path": transcoders[1], "hook": "blocks.1.ln2.hook_normalized"})
     return ws
@@ -111,17 +89,20 @@ def view(threshold=None, pinned=(), only=()) -> dict[str, Any]:
             "graph-only-pinned.value": list(only), "graph-ref.data": NAME}
 
 
-def edges(response: dict) -> list[dict]:
-    return [e for e in response["graph-cyto"]["elements"] if "source" in e["data"]]
+def page_of(app, client, name: str = NAME) -> list:
+    """The children of a graph's page, as the route callback sends them."""
+    return call(app, client, "page.children", {"url.pathname": f"/result/attribution_graph/{name}", "url.search": ""},
+                "url.pathname")["page"]["children"]
 
 
-def shown_nodes(response: dict) -> set[str]:
-    return {e["data"]["id"] for e in response["graph-cyto"]["elements"]
-            if "source" not in e["data"] and not e["data"]["id"].startswith("axis:")}
+def hidden_by(rules: list[dict]) -> list[str]:
+    """The selectors of the rules that hide elements."""
+    return [r["selector"] for r in rules if r["style"].get("display") == "none"]
 
 
-def shown_links(response: dict) -> set[tuple[str, str]]:
-    return {(e["data"]["source"], e["data"]["target"]) for e in edges(response)}
+def shown_again(rules: list[dict]) -> list[str]:
+    """The node ids that rules show again (the pinned ones): `node[id = "..."]` with display element."""
+    return [json.loads(r["selector"][len("node[id = "):-1]) for r in rules if r["style"].get("display") == "element"]
 
 
 def a_feature(graph: dict, layer: str) -> dict:
@@ -171,36 +152,62 @@ def test_layout_puts_layers_up_and_positions_across(graph):
 
 
 # -- page and callbacks ---------------------------------------------------------------------------
+UPDATE = "..graph-cyto.stylesheet...graph-count.children...graph-pinned-list.children.."
+
+
 def test_home_lists_the_graph_and_its_page_renders(app, client, graph):
     home = call(app, client, "page.children", {"url.pathname": "/", "url.search": ""}, "url.pathname")
     assert f"/result/attribution_graph/{NAME}" in text(home)
-    page = call(app, client, "page.children", {"url.pathname": f"/result/attribution_graph/{NAME}",
-                                               "url.search": ""}, "url.pathname")["page"]["children"]
+    page = page_of(app, client)
     cyto = find(page, "graph-cyto")
     assert cyto["namespace"] == "dash_cytoscape" and cyto["props"]["layout"]["name"] == "preset"
-    ids = {e["data"]["id"] for e in cyto["props"]["elements"] if "source" not in e["data"]}
-    assert {n["node_id"] for n in graph["nodes"]} < ids  # all nodes at first, plus axis labels
+    nodes = {e["data"]["id"]: e for e in cyto["props"]["elements"] if "source" not in e["data"]}
+    assert {n["node_id"] for n in graph["nodes"]} < set(nodes)  # every node, plus the axis labels
+    for node in graph["nodes"]:  # what the slider's rule reads
+        assert nodes[node["node_id"]]["data"]["influence"] == node["influence"]
+        assert node_kind(node) in nodes[node["node_id"]]["classes"].split()
+    links = [e for e in cyto["props"]["elements"] if "source" in e["data"]]
+    assert [(e["data"]["source"], e["data"]["target"]) for e in links] == [(l["source"], l["target"])
+                                                                           for l in graph["links"]]
+    assert {e["classes"] for e in links} == {"pos", "neg"}
+    assert all(e["classes"] == ("pos" if e["data"]["weight"] >= 0 else "neg") for e in links)  # colour by sign
+    by_size = sorted(links, key=lambda e: abs(e["data"]["weight"]))  # weighted by size
+    assert by_size[0]["data"]["width"] < by_size[-1]["data"]["width"]
+    assert [e["data"]["width"] for e in by_size] == sorted(e["data"]["width"] for e in by_size)
     assert find(page, "graph-threshold")["props"]["value"] >= max(n["influence"] for n in graph["nodes"]
                                                                     if node_kind(n) == "feature")
+    assert find(page, "graph-count")["props"]["children"] == (f"showing {len(graph['nodes'])} of "
+                                                              f"{len(graph['nodes'])} nodes and {len(links)} of "
+                                                              f"{len(links)} links")
     assert '"type": "Graph"' in text(page) and '"type": "DataTable"' in text(page)  # logits figure, node table
     assert "message error" not in text(page) and HOSTILE_TOKEN in text(page)  # prompt token as text
 
 
 def test_slider_prunes_live(app, client, graph):
     for threshold in (0.25, 0.5, 0.8):
-        response = call(app, client, "..graph-cyto.elements...graph-count.children...graph-pinned-list.children..",
-                        view(threshold), "graph-threshold.value")
+        response = call(app, client, UPDATE, view(threshold), "graph-threshold.value")
+        rules = response["graph-cyto"]["stylesheet"]
+        assert hidden_by(rules) == [f"node.feature[influence > {threshold}]"] and not shown_again(rules)
         kept = set(reference_kept(graph, threshold))
-        assert shown_nodes(response) == kept
-        assert shown_links(response) == {(l["source"], l["target"]) for l in graph["links"]
-                                         if l["source"] in kept and l["target"] in kept}
-        assert response["graph-count"]["children"].startswith(f"showing {len(kept)} of {len(graph['nodes'])} nodes")
-    shown = edges(response)
-    assert {e["classes"] for e in shown} == {"pos", "neg"}
-    assert all(e["classes"] == ("pos" if e["data"]["weight"] >= 0 else "neg") for e in shown)  # colour by sign
-    by_size = sorted(shown, key=lambda e: abs(e["data"]["weight"]))
-    assert by_size[0]["data"]["width"] < by_size[-1]["data"]["width"]  # weighted by size
-    assert [e["data"]["width"] for e in by_size] == sorted(e["data"]["width"] for e in by_size)
+        among = [l for l in graph["links"] if l["source"] in kept and l["target"] in kept]
+        assert response["graph-count"]["children"] == (f"showing {len(kept)} of {len(graph['nodes'])} nodes and "
+                                                       f"{len(among)} of {len(graph['links'])} links")
+    assert len(hidden_by(call(app, client, UPDATE, view(None), "graph-threshold.value")["graph-cyto"]
+                         ["stylesheet"])) == 0
+
+
+def test_the_viewer_draws_the_strongest_links_and_each_nodes_own(graph):
+    from dashboards.graph_data import drawn_links
+
+    index = index_graph(graph)
+    assert drawn_links(index, len(graph["links"]), 2) == list(range(len(graph["links"])))
+    strength = [abs(l["weight"]) for l in graph["links"]]
+    drawn = drawn_links(index, 10, 2)
+    expected = set(sorted(range(len(strength)), key=lambda i: -strength[i])[:10])
+    for node in graph["nodes"]:
+        own = [i for i, l in enumerate(graph["links"]) if node["node_id"] in (l["source"], l["target"])]
+        expected |= set(sorted(own, key=lambda i: -strength[i])[:2])
+    assert drawn == sorted(expected) and len(drawn) < len(graph["links"])
 
 
 def test_hover_shows_activation_and_top_links(app, client, graph):
@@ -247,16 +254,18 @@ def test_pins_build_a_subgraph(app, client, graph):
                                                          "graph-pinned.data": pinned}, "graph-pin.n_clicks")[
             "graph-pinned"]["data"]
     assert pinned == chosen
-    response = call(app, client, "..graph-cyto.elements...graph-count.children...graph-pinned-list.children..",
-                    view(0.0, pinned, ["only"]), "graph-only-pinned.value")
-    assert shown_nodes(response) == set(chosen)
-    assert shown_links(response) == {(l["source"], l["target"]) for l in pinned_subgraph(graph, chosen)["links"]}
+    response = call(app, client, UPDATE, view(0.0, pinned, ["only"]), "graph-only-pinned.value")
+    rules = response["graph-cyto"]["stylesheet"]
+    assert hidden_by(rules) == ["node.gnode"] and shown_again(rules) == chosen  # every node hidden, pins shown
+    among = pinned_subgraph(graph, chosen)["links"]
+    assert response["graph-count"]["children"] == (f"showing 3 of {len(graph['nodes'])} nodes and {len(among)} of "
+                                                   f"{len(graph['links'])} links (pinned only)")
     assert len(find(response["graph-pinned-list"]["children"], "graph-pins")["props"]["children"]) == 3
-    # pinned nodes stay in the pruned view too, marked
-    pruned = call(app, client, "..graph-cyto.elements...graph-count.children...graph-pinned-list.children..",
-                  view(0.0, pinned), "graph-threshold.value")
-    assert set(chosen) <= shown_nodes(pruned)
-    assert all("pinned" in e["classes"] for e in pruned["graph-cyto"]["elements"] if e["data"]["id"] in chosen)
+    pruned = call(app, client, UPDATE, view(0.0, pinned), "graph-threshold.value")  # pins stay in a pruned view
+    assert hidden_by(pruned["graph-cyto"]["stylesheet"]) == ["node.feature[influence > 0.0]"]
+    assert shown_again(pruned["graph-cyto"]["stylesheet"]) == chosen
+    kept = set(reference_kept(graph, 0.0)) | set(chosen)
+    assert pruned["graph-count"]["children"].startswith(f"showing {len(kept)} ")
     unpinned = call(app, client, "graph-pinned.data", {"graph-unpin.n_clicks": 1, "graph-selected.data": chosen[0],
                                                        "graph-pinned.data": pinned}, "graph-unpin.n_clicks")
     assert unpinned["graph-pinned"]["data"] == chosen[1:]
@@ -289,11 +298,44 @@ def test_cytoscape_scripts_are_served_locally(client):
     assert client.get(bundle[0]).status_code == 200
 
 
+def test_a_real_graph_page_matches_its_feature_statistics(tmp_path, tiny_llama):
+    """A graph built by `interp graph`'s API on a trained tiny set: every page part renders, and a feature's
+    card finds the statistics `interp sae features` wrote for its transcoder (by the recorded folder)."""
+    from transcoder_sets import train_tiny_set
+
+    from circuits.graph import GraphConfig
+    from circuits.graph import graph as build_graph
+    from interp.sae import load_sae
+    from interp.sae.features import feature_statistics
+
+    folder = train_tiny_set(tiny_llama, tmp_path / "set", [0, 1], tokens=4096)
+    ws = tmp_path / "ws"
+    every_node = GraphConfig(node_threshold=1.0)  # a random model's features matter little: keep them all
+    built = build_graph(tiny_llama, "The cat <b>sat", folder, every_node)
+    built.save(ws, "real")
+    feature_statistics(tiny_llama, load_sae(folder / "layer-01"), ws, path=folder / "layer-01", name="tc-layer-1",
+                       tokens=1024, n_top=3, quantiles=1, per_quantile=1, progress=False)
+    real = create_app(ws)
+    client = real.server.test_client()
+    page = page_of(real, client, "real")
+    assert "message error" not in text(page) and find(page, "graph-cyto") is not None
+    layer1 = [n for n in built.nodes if node_kind(n) == "feature" and str(n["layer"]) == "1"]
+    assert layer1, "the tiny set found no layer-1 feature on this prompt"
+    values = {"graph-cyto.tapNodeData": {"id": layer1[0]["node_id"]}, "graph-threshold.value": 1.0,
+              "graph-pinned.data": [], "graph-only-pinned.value": [], "graph-ref.data": "real"}
+    card = call(real, client, "..graph-card.children...graph-selected.data..", values, "graph-cyto.tapNodeData")
+    contexts = text(find(card["graph-card"]["children"], "card-contexts"))
+    assert f"/features/tc-layer-1/{layer1[0]['feature']}" in contexts
+    assert len(find(card["graph-card"]["children"], "card-de-embedding")["props"]["children"]) == len(
+        layer1[0]["de_embedding"]) > 0
+
+
 # -- in Chromium ----------------------------------------------------------------------------------
 from test_dashboard_browser import browser, page, shot, visit  # noqa: E402,F401  (fixtures: offline, no errors)
 
 from dashboards.app import Server  # noqa: E402
 
+VISIBLE = "document.getElementById('graph-cyto')._cyreg.cy.nodes(':visible').not('.axis').map(n => n.id())"
 NODE_XY = """([id]) => { const el = document.getElementById('graph-cyto'); const cy = el._cyreg.cy;
   const box = el.getBoundingClientRect(); const p = cy.getElementById(id).renderedPosition();
   return [box.left + p.x, box.top + p.y]; }"""
@@ -322,13 +364,47 @@ def test_graph_page_in_chromium_click_a_node_see_its_card(page, server, graph):
     assert page.locator("#card-de-embedding .chip").count() == len(node["de_embedding"])
     assert page.locator("#card-contexts .strip").count() >= 1
     shot(page, "graph_card")
+
+    page.focus("#graph-threshold [role=slider]")  # the slider, by keyboard: down to 0, then 40 steps up
+    page.keyboard.press("Home")
+    for _ in range(40):
+        page.keyboard.press("ArrowRight")
+    threshold = float(page.get_attribute("#graph-threshold [role=slider]", "aria-valuenow"))
+    kept = set(reference_kept(graph, threshold))
+    assert 0 < threshold < 1 and len(kept) < len(graph["nodes"])
+    page.wait_for_function(f"document.getElementById('graph-count')?.textContent.startsWith('showing {len(kept)} of')")
+    page.wait_for_function(f"{VISIBLE}.length == {len(kept)}")
+    assert set(page.evaluate(VISIBLE)) == kept  # what cytoscape draws is the contract's pruned graph
+    shot(page, "graph_pruned")
+
     page.click("#graph-pin")
     page.wait_for_selector("#graph-pins li")
     page.check("#graph-only-pinned input")
     page.wait_for_function("document.getElementById('graph-count')?.textContent.startsWith('showing 1 of')")
-    page.wait_for_function("document.getElementById('graph-cyto')._cyreg.cy.nodes(':visible').not('.axis')"
-                           ".length == 1")
+    page.wait_for_function(f"{VISIBLE}.length == 1")
+    assert page.evaluate(VISIBLE) == [node["node_id"]]
     with page.expect_download() as info:
         page.click("#graph-dl-json")
-    assert json.loads(Path(info.value.path()).read_text()) == graph
+    assert json.loads(Path(info.value.path()).read_text()) == AttributionGraph(**graph).to_graph_json()
     shot(page, "graph_pinned")
+
+
+@pytest.mark.browser
+def test_the_offline_html_opens_without_network(page, server, browser, graph, tmp_path):
+    visit(page, server, f"/result/attribution_graph/{NAME}", "#graph-cyto canvas")
+    with page.expect_download() as info:
+        page.click("#graph-dl-html")
+    saved = tmp_path / info.value.suggested_filename
+    info.value.save_as(saved)
+    offline = browser.new_page()
+    requests: list[str] = []
+    offline.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:") else route.abort())
+    offline.on("request", lambda r: requests.append(r.url))
+    offline.goto(saved.as_uri())
+    offline.wait_for_selector(".js-plotly-plot .scatterlayer", timeout=60_000)
+    n_markers = offline.evaluate("document.querySelector('.js-plotly-plot').data"
+                                 ".filter(t => t.mode === 'markers+text').reduce((n, t) => n + t.x.length, 0)")
+    assert n_markers == len(graph["nodes"])  # the slider starts at its top: every node
+    assert offline.evaluate("window.__pwned") is None
+    assert requests == [saved.as_uri()], requests
+    offline.close()
