@@ -4,7 +4,8 @@
 
 Writes a synthetic 16k-feature SAE in the FEATURES_SCHEMA.md layout into a temporary workspace, serves
 the dashboard, and times (navigation or click -> content drawn): the home page (reference), the
-feature list (cold: first read of the files; warm), a feature page (cold and warm), and the attention
+feature list (cold: first read of the files; warm), a feature page (cold and warm), a synthetic
+attribution graph's page (30 layers x 10 tokens: first render, then a node's card), and the attention
 browser on a 256-token prompt on the live model (all heads of layer 0, another layer, one head, and
 the client-side hover). Also reports, per step, the seconds the server spent in callbacks and the
 bytes of callback responses (what the browser receives). Prints a table, then one JSON object.
@@ -24,6 +25,7 @@ import torch
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 PLOT = "document.querySelector('.figure .js-plotly-plot')"
+GRAPH_LAYERS, GRAPH_TOKENS = 30, 10  # the default model's depth, a 10-token prompt
 
 
 def prompt_of(model, n_tokens: int) -> str:
@@ -50,14 +52,19 @@ def main() -> None:
     import flask
     from playwright.sync_api import sync_playwright
 
+    from circuits.graph.result import AttributionGraph
     from dashboards.app import Server, create_app
-    from dashboards.synthetic import write_synthetic_features
+    from dashboards.synthetic import synthetic_graph, write_synthetic_features
     from interp.lens import logit_lens
 
     rows: list[tuple[str, float, float, int]] = []
     ws = Path(tempfile.mkdtemp(prefix="interp-dash-bench-"))
     t = time.perf_counter()
     write_synthetic_features(ws, "sae16k", n_features=args.features, hostile=False)
+    graph = synthetic_graph(n_layers=GRAPH_LAYERS, tokens=[f" w{i}" for i in range(GRAPH_TOKENS)], features_per_cell=4)
+    AttributionGraph(**graph).save(ws, "graph")
+    top_feature = min((n for n in graph["nodes"] if n["feature_type"] == "cross layer transcoder"),
+                      key=lambda n: n["influence"])["node_id"]
     files_s = time.perf_counter() - t
     app = create_app(ws, model_spec=args.model)
     t = time.perf_counter()
@@ -117,6 +124,21 @@ def main() -> None:
         for label, feature in (("cold", args.features * 3 // 4), ("warm", args.features // 3)):
             timed(f"feature page, {label}", lambda f=feature: page.goto(f"{url}/features/sae16k/{f}"),
                   exists("#feat-contexts"))
+
+        graph_ready = ("document.getElementById('graph-cyto')?._cyreg?.cy?.nodes().length > 0 && "
+                       "!!document.querySelector('#graph-cyto canvas')")
+        name = f"graph page ({len(graph['nodes'])} nodes, {len(graph['links'])} links)"
+        timed(name, lambda: page.goto(url + "/result/attribution_graph/graph"), graph_ready)
+        tap = f"() => {{ document.getElementById('graph-cyto')._cyreg.cy.getElementById('{top_feature}').emit('tap'); }}"
+        timed("graph page, click a node (card)", lambda: page.evaluate(tap), exists("#card-title"))
+        others = sum(n["feature_type"] != "cross layer transcoder" for n in graph["nodes"])
+
+        def prune_all() -> None:
+            page.focus("#graph-threshold [role=slider]")
+            page.keyboard.press("Home")
+
+        timed("graph page, slider to 0 (prune every feature)", prune_all,
+              f"document.getElementById('graph-count')?.textContent.startsWith('showing {others} of')")
 
         page.goto(url + "/attention")
         page.wait_for_selector("#attn-prompt")

@@ -119,6 +119,7 @@ def _outliers(model) -> list[Result]:
 
 
 def _sae(model, ws: Path, name: str) -> list[Result]:
+    from circuits.graph import GraphConfig, graph
     from interp.sae import TrainConfig, load_sae, train
     from interp.sae.circuits import attribute
     from interp.sae.evaluate import evaluate
@@ -131,7 +132,7 @@ def _sae(model, ws: Path, name: str) -> list[Result]:
     sae = load_sae(root / "sae")
     transcoders = {}
     for layer in (0, 1):
-        folder = root / f"transcoder-{layer}"
+        folder = root / "transcoders" / f"layer-{layer:02d}"  # a transcoder set: one folder per layer
         train(model, TrainConfig(hook=f"blocks.{layer}.ln2.hook_normalized", hook_out=f"blocks.{layer}.hook_mlp_out",
                                  **small), folder)
         transcoders[layer] = load_sae(folder)
@@ -142,7 +143,8 @@ def _sae(model, ws: Path, name: str) -> list[Result]:
     return [trained, evaluate(model, sae, tokens=1024, path=str(root / "sae"), progress=False),
             feature_statistics(model, sae, ws, path=root / "sae", name=name, tokens=2048, n_top=4, quantiles=2,
                                per_quantile=2, progress=False),
-            attribute(model, transcoders, prompt, layer=1, feature=feature)]
+            attribute(model, transcoders, prompt, layer=1, feature=feature),
+            graph(model, prompt, root / "transcoders", GraphConfig(node_threshold=1.0))]
 
 
 def main(argv: list[str] | None = None) -> None:
