@@ -1,8 +1,9 @@
 """Attribution-graph JSON (GRAPH_CONTRACT.md, `AttributionGraph.to_graph_json()`) for the graph page.
 
-Pure functions over the graph dict: the live threshold prune, the pinned subgraph, a node index with
-each node's links, a fixed layout (layers up, prompt positions across) and the text shown on hover.
-The layout is computed once for the whole graph, so nodes stay put while the slider prunes.
+Pure functions over the graph dict: the nodes the threshold keeps, a node index with each node's links,
+the links among shown nodes (and which ones a viewer draws), a fixed layout (layers up, prompt positions
+across) and the text shown on hover. The layout is computed once for the whole graph, so nodes stay put
+while the slider prunes.
 """
 
 from __future__ import annotations
@@ -42,23 +43,6 @@ def kept_ids(graph: dict, threshold: float) -> set[str]:
     """Ids of the nodes kept at `threshold`: feature nodes with influence <= threshold (influence is the
     cumulative share, smaller = more influential), and every embedding, error and logit node."""
     return {n["node_id"] for n in graph["nodes"] if node_kind(n) != "feature" or _influence(n) <= threshold}
-
-
-def restrict(graph: dict, keep: set[str]) -> dict:
-    """`graph` with only the nodes in `keep` and the links whose both ends are kept."""
-    return {**graph, "nodes": [n for n in graph["nodes"] if n["node_id"] in keep],
-            "links": [l for l in graph["links"] if l["source"] in keep and l["target"] in keep]}
-
-
-def prune(graph: dict, threshold: float) -> dict:
-    """The graph as the threshold slider shows it (GRAPH_CONTRACT.md: keep feature nodes with
-    influence <= threshold, keep embeddings/errors/logits, drop links whose ends are gone)."""
-    return restrict(graph, kept_ids(graph, threshold))
-
-
-def pinned_subgraph(graph: dict, pinned: list[str]) -> dict:
-    """Only the pinned nodes and the links among them."""
-    return restrict(graph, set(pinned))
 
 
 def prompt_tokens(graph: dict) -> list[str]:

@@ -14,7 +14,7 @@ import pytest
 
 from circuits.graph.result import AttributionGraph
 from dashboards.app import create_app
-from dashboards.graph_data import index_graph, node_kind, pinned_subgraph, prune
+from dashboards.graph_data import index_graph, kept_ids, links_among, node_kind
 from dashboards.synthetic import HOSTILE_TOKEN, synthetic_graph, write_synthetic_features
 from interp.results import Result
 
@@ -119,17 +119,14 @@ def reference_kept(graph: dict, threshold: float) -> list[str]:
 
 
 # -- graph functions ------------------------------------------------------------------------------
-def test_prune_keeps_influential_features_and_every_other_node(graph):
+def test_threshold_keeps_influential_features_and_every_other_node(graph):
+    index = index_graph(graph)
     for threshold in (0.0, 0.3, 0.6, 1.0):
-        pruned = prune(graph, threshold)
         expected = reference_kept(graph, threshold)
-        assert [n["node_id"] for n in pruned["nodes"]] == expected
-        assert pruned["links"] == [l for l in graph["links"] if l["source"] in expected and l["target"] in expected]
-    assert len(prune(graph, 0.3)["nodes"]) < len(prune(graph, 0.6)["nodes"]) < len(graph["nodes"])
-    pins = [graph["nodes"][i]["node_id"] for i in (0, 9, 20, -1)]
-    sub = pinned_subgraph(graph, pins)
-    assert {n["node_id"] for n in sub["nodes"]} == set(pins)
-    assert all(l["source"] in pins and l["target"] in pins for l in sub["links"])
+        assert kept_ids(graph, threshold) == set(expected)
+        assert links_among(index, set(expected)) == [i for i, l in enumerate(graph["links"])
+                                                     if l["source"] in expected and l["target"] in expected]
+    assert len(kept_ids(graph, 0.3)) < len(kept_ids(graph, 0.6)) < len(graph["nodes"])
 
 
 def test_layout_puts_layers_up_and_positions_across(graph):
@@ -257,7 +254,7 @@ def test_pins_build_a_subgraph(app, client, graph):
     response = call(app, client, UPDATE, view(0.0, pinned, ["only"]), "graph-only-pinned.value")
     rules = response["graph-cyto"]["stylesheet"]
     assert hidden_by(rules) == ["node.gnode"] and shown_again(rules) == chosen  # every node hidden, pins shown
-    among = pinned_subgraph(graph, chosen)["links"]
+    among = [l for l in graph["links"] if l["source"] in chosen and l["target"] in chosen]
     assert response["graph-count"]["children"] == (f"showing 3 of {len(graph['nodes'])} nodes and {len(among)} of "
                                                    f"{len(graph['links'])} links (pinned only)")
     assert len(find(response["graph-pinned-list"]["children"], "graph-pins")["props"]["children"]) == 3
