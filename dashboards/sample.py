@@ -121,8 +121,9 @@ def _outliers(model) -> list[Result]:
 def _sae(model, ws: Path, name: str) -> list[Result]:
     from circuits.graph import GraphConfig, graph
     from interp.sae import TrainConfig, load_sae, train
+    from interp.sae.train import train_set
     from interp.sae.circuits import attribute
-    from interp.sae.evaluate import evaluate
+    from interp.sae.evaluate import evaluate, evaluate_set
     from interp.sae.features import feature_statistics
 
     small = dict(arch="topk", k=8, width=256, tokens=4096, batch_tokens=128, lm_batch_size=8, seq_len=64,
@@ -130,12 +131,11 @@ def _sae(model, ws: Path, name: str) -> list[Result]:
     root = ws / ".sample-sae"
     trained = train(model, TrainConfig(hook=RESID, **small), root / "sae")
     sae = load_sae(root / "sae")
-    transcoders = {}
-    for layer in (0, 1):
-        folder = root / "transcoders" / f"layer-{layer:02d}"  # a transcoder set: one folder per layer
-        train(model, TrainConfig(hook=f"blocks.{layer}.ln2.hook_normalized", hook_out=f"blocks.{layer}.hook_mlp_out",
-                                 **small), folder)
-        transcoders[layer] = load_sae(folder)
+    members = {f"layer-{layer:02d}": TrainConfig(hook=f"blocks.{layer}.ln2.hook_normalized",
+                                                  hook_out=f"blocks.{layer}.hook_mlp_out", **small)
+               for layer in (0, 1)}  # a transcoder set: one folder per layer, one model pass
+    set_trained = train_set(model, members, root / "transcoders")
+    transcoders = {layer: load_sae(root / "transcoders" / f"layer-{layer:02d}") for layer in (0, 1)}
     prompt = "def f(x): return x"
     _, cache = model.run_with_cache(model.to_tokens(prompt, prepend_bos=False), names_filter=lambda n: "ln2" in n)
     with torch.no_grad():
@@ -144,7 +144,8 @@ def _sae(model, ws: Path, name: str) -> list[Result]:
             feature_statistics(model, sae, ws, path=root / "sae", name=name, tokens=2048, n_top=4, quantiles=2,
                                per_quantile=2, progress=False),
             attribute(model, transcoders, prompt, layer=1, feature=feature),
-            graph(model, prompt, root / "transcoders", GraphConfig(node_threshold=1.0))]
+            graph(model, prompt, root / "transcoders", GraphConfig(node_threshold=1.0)),
+            set_trained, evaluate_set(model, root / "transcoders", tokens=512, progress=False)]
 
 
 def main(argv: list[str] | None = None) -> None:

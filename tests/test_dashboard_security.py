@@ -82,9 +82,12 @@ def test_every_figure_escapes_every_string_of_its_result(sample):
     for kind, folder in sample.items():
         import_kind(kind)
         result = Result.read(folder)
-        fig = dataclasses.replace(result, **{f.name: tainted(getattr(result, f.name))
-                                             for f in dataclasses.fields(result)}).figure()
-        assert not live_markup(fig), (kind, live_markup(fig)[:3])
+        try:  # a string field may name a column or hold a number: a figure may refuse it, never render it
+            fig = dataclasses.replace(result, **{f.name: tainted(getattr(result, f.name))
+                                                 for f in dataclasses.fields(result)}).figure()
+            assert not live_markup(fig), (kind, live_markup(fig)[:3])
+        except (KeyError, ValueError):
+            pass
         try:  # dict keys (kinds, sites, sources) too: a figure may refuse unknown keys, never render them
             fig = dataclasses.replace(result, **{f.name: tainted(getattr(result, f.name), keys=True)
                                                  for f in dataclasses.fields(result)}).figure()

@@ -197,7 +197,8 @@ def test_saved_vector_round_trips_through_file(tiny_llama, tmp_path, capsys):
     args = ["steer", PROMPT, *M, "--layer", "1", "--coef", "0,1", "--max-new-tokens", "2", "--neutral", "1", "--json"]
     assert main([*args, "--vector", f"dataset:{csv}", "--save-vector", str(out)]) == 0
     first = json.loads(capsys.readouterr().out)
-    assert torch.equal(read_vector(out)[0], vector.vector)
+    # the CLI run may use another thread count, so the means can differ in the last bit
+    assert torch.allclose(read_vector(out)[0], vector.vector, rtol=1e-5, atol=1e-7)
     assert main([*args[:4], *args[6:], "--vector", f"file:{out}"]) == 0  # no --layer: the file names its hook
     second = json.loads(capsys.readouterr().out)
     assert second["vector"] == first["vector"] and second["hook"] == HOOK
