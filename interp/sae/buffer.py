@@ -45,8 +45,9 @@ class MixingBuffer:
         self._join()
         pool = self.pool[torch.randperm(len(self.pool), generator=self.generator)]
         keep = int(self.capacity * self.mix_fraction)
-        self.ready = pool[keep:] if self.ready is None else torch.cat([self.ready, pool[keep:]])
-        self.pool = pool[:keep]
+        # copies, so that the shuffled pool is freed: a buffer holds about `capacity` rows between refills
+        self.ready = torch.cat(([self.ready] if self.ready is not None else []) + [pool[keep:]])
+        self.pool = pool[:keep].clone()
 
     def state(self) -> dict[str, torch.Tensor]:
         self._join()
