@@ -110,11 +110,12 @@ class Attribution:
         return int(hit[0]) if len(hit) else -1
 
 
-def _most_influential(frozen: Frozen, nodes: Nodes, limit: int, batch_size: int, logit_rows: torch.Tensor, run):
+def _most_influential(frozen: Frozen, nodes: Nodes, limit: int, batch_size: int, logit_rows: torch.Tensor,
+                      run: Callable) -> tuple[torch.Tensor, ...]:
     """(selected, adjacency, constants, dropped, kept candidate columns) of the `limit` features circuit-tracer
     would pick: rows are attributed in batches, most influential on the logits first, re-ranked by the
     partial influence of the rows so far every UPDATE_INTERVAL batches. Logit rows are left to the caller."""
-    F, K, n_all = nodes.n_features, nodes.n_logits, nodes.n_all
+    F, n_all = nodes.n_features, nodes.n_all
     rows = logit_rows.new_zeros(limit, n_all)
     const = logit_rows.new_zeros(limit)
     order = torch.empty(limit, dtype=torch.long)
@@ -129,39 +130,45 @@ def _most_influential(frozen: Frozen, nodes: Nodes, limit: int, batch_size: int,
 
     visited = torch.zeros(F, dtype=torch.bool)
     while done < limit:
-        row_nodes = torch.cat([torch.arange(n_all - K, n_all), order[:done]]).to(rows.device)
-        influence = _partial_influence(torch.cat([logit_rows, rows[:done]]), row_nodes, nodes.logit_probs)[:F].cpu()
+        influence = _partial_influence(nodes, logit_rows, rows[:done], order[:done].to(rows.device))[:F].cpu()
         rank = torch.argsort(influence, descending=True, stable=True)
         pending = rank[~visited[rank]][:min(UPDATE_INTERVAL * batch_size, limit - done)]
         visited[pending] = True
         run(pending.to(nodes.feat_layer.device), into_buffer)
     selected, by_feature = order.sort()
     by_feature, selected = by_feature.to(rows.device), selected.to(rows.device)
-    rows, const = rows[by_feature], const[by_feature]
     keep = torch.cat([selected, torch.arange(F, n_all, device=selected.device)])
     N, S = len(keep), limit
     adjacency = rows.new_zeros(N, N)
-    adjacency[:S] = rows[:, keep]
     constants = rows.new_zeros(N)
-    constants[:S] = const
     dropped = rows.new_zeros(N)
-    dropped[:S] = rows.sum(1) - adjacency[:S].sum(1)
+    constants[:S] = const[by_feature]
+    for part in torch.arange(S, device=rows.device).split(1024):  # row blocks: no second copy of the buffer
+        block = rows[by_feature[part]]
+        adjacency[part] = block[:, keep]
+        dropped[part] = block.sum(1) - adjacency[part].sum(1)
     return selected, adjacency, constants, dropped, keep
 
 
-def _partial_influence(rows: torch.Tensor, row_nodes: torch.Tensor, logit_probs: torch.Tensor) -> torch.Tensor:
-    """Influence on the logits of every candidate node, from the rows attributed so far (circuit-tracer's
-    ranking for --max-feature-nodes): normalised |rows| propagated from the logits' probabilities."""
-    norm = rows.abs()
-    norm /= norm.sum(1, keepdim=True).clamp(min=1e-8)
-    influence = rows.new_zeros(rows.shape[1])
-    prod = rows.new_zeros(rows.shape[1])
-    prod[-len(logit_probs):] = logit_probs
-    for _ in range(10_000):
-        prod = prod[row_nodes] @ norm
-        if not prod.any():
-            break
-        influence += prod
+def _partial_influence(nodes: Nodes, logit_rows: torch.Tensor, rows: torch.Tensor, row_features: torch.Tensor,
+                       block: int = 1024) -> torch.Tensor:
+    """Influence on the logits of every candidate node through the rows attributed so far (circuit-tracer's
+    ranking for --max-feature-nodes): normalised |rows| propagated from the logits' probabilities.
+
+    A feature only feeds later layers, so one pass over the rows, highest layer first, gives the total over
+    all paths (each row's own influence is complete before it is spread), |row| normalised block by block."""
+    influence = rows.new_zeros(nodes.n_all)
+
+    def spread(weights: torch.Tensor, block_rows: torch.Tensor) -> None:
+        norm = block_rows.abs()
+        norm /= norm.sum(1, keepdim=True).clamp(min=1e-8)
+        influence.add_(weights @ norm)
+
+    spread(nodes.logit_probs, logit_rows)
+    layers = nodes.feat_layer[row_features]
+    for layer in reversed(range(nodes.n_layers)):
+        for part in (layers == layer).nonzero()[:, 0].split(block):
+            spread(influence[row_features[part]], rows[part])
     return influence
 
 
@@ -198,6 +205,9 @@ def attribute(frozen: Frozen, nodes: Nodes, max_feature_nodes: int | None = None
     device = logit_rows.device
 
     def run(batch: torch.Tensor, store: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]) -> None:
+        # chunks of one position each where possible (a chunk costs its longest prefix), last position first
+        key = nodes.feat_pos[batch] * (L + 1) - nodes.feat_layer[batch]
+        batch = batch[torch.argsort(key, descending=True, stable=True)]
         for chunk in batch.split(batch_size) if len(batch) else ():
             rows, const = target_rows(frozen, nodes, nodes.feat_layer[chunk], nodes.feat_pos[chunk],
                                       nodes.feat_read[chunk])
@@ -214,8 +224,7 @@ def attribute(frozen: Frozen, nodes: Nodes, max_feature_nodes: int | None = None
             adjacency[chunk] = rows
             constants[chunk] = const
 
-        # batches of one position each (the cheapest grouping: a batch costs its longest prefix), last first
-        run(torch.argsort(nodes.feat_pos * (L + 1) - nodes.feat_layer, descending=True, stable=True), into_graph)
+        run(torch.arange(F, device=device), into_graph)
         keep = torch.arange(n_all, device=device)
     else:
         selected, adjacency, constants, dropped, keep = _most_influential(frozen, nodes, limit, batch_size,
