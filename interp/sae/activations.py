@@ -67,7 +67,9 @@ def sae_limits(sae) -> tuple[float, ...] | None:
 
 
 def check_finite(rows: torch.Tensor, hook: str, where: str) -> None:
-    if not torch.isfinite(rows).all():
+    """Raise when `rows` hold NaN or inf (one reduction pass: min and max propagate NaN)."""
+    low, high = torch.aminmax(rows) if rows.numel() else (rows.new_zeros(()), rows.new_zeros(()))
+    if not (torch.isfinite(low) and torch.isfinite(high)):
         raise InterpError(f"activations at {hook} contain NaN or inf ({where}); check the model weights and dtype")
 
 

@@ -215,13 +215,15 @@ class Trainer:
         return rows[keep] if left_out else rows
 
     def _scaled(self, batch: torch.Tensor) -> torch.Tensor:
+        """`batch` normalized: inputs times `scale_in`, a transcoder's targets times `scale_out` (one pass)."""
         batch = batch.to(self.cfg.device)
-        if not self.cfg.is_transcoder:
-            return batch * self.scale_in
-        return torch.cat([batch[:, : self.d_in] * self.scale_in, batch[:, self.d_in:] * self.scale_out], dim=1)
+        scales = torch.full(batch.shape[1:], self.scale_out, dtype=batch.dtype, device=batch.device)
+        scales[: self.d_in] = self.scale_in
+        return batch * scales
 
     # -- one step ---------------------------------------------------------------------------
-    def _step(self, batch: torch.Tensor) -> dict[str, float]:
+    def _step(self, batch: torch.Tensor, log: bool) -> dict[str, float] | None:
+        """One optimizer step; its statistics when `log` (explained variance costs passes over the batch)."""
         cfg, sae = self.cfg, self.sae
         x = self._scaled(batch)
         warm = int(cfg.steps * cfg.sparsity_warmup_fraction)
@@ -232,7 +234,10 @@ class Trainer:
             sae_in=x, coefficients={k: v * ramp for k, v in self.coefficients.items()},
             dead_neuron_mask=dead, n_training_steps=self.step, is_logging_step=False))
         out.loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
+        grads = [p.grad for p in sae.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm(grads)
+        if grad_norm + 1e-6 > 1.0:  # clip at 1 as clip_grad_norm_ would (it multiplies by exactly 1.0 otherwise)
+            torch.nn.utils.clip_grads_with_norm_(sae.parameters(), 1.0, grad_norm)
         self._check_finite(out.loss, grad_norm)
         lr = lr_at(cfg, self.step)
         for group in self.optimizer.param_groups:
@@ -246,6 +251,8 @@ class Trainer:
             self.fired += fired
             if hasattr(sae, "topk_threshold"):
                 distributed.all_reduce(sae.topk_threshold, self.d, "min")
+            if not log:
+                return None
             target = x[:, self.d_in:] if cfg.is_transcoder else x
             resid = (out.sae_out - target).pow(2).sum()
             total = (target - target.mean(0)).pow(2).sum()
@@ -271,15 +278,17 @@ class Trainer:
             self._init_from_data(rows)
         self._batches = self.buffer.batches(rows)
 
-    def train_step(self) -> dict[str, float]:
-        """One optimizer step on the next batch, less its outlier tokens; returns its statistics.
+    def train_step(self, log: bool = True) -> dict[str, float] | None:
+        """One optimizer step on the next batch, less its outlier tokens; its statistics when `log`.
 
         Outliers leave when a batch is served, not when rows are read: every member of a set then reads
         the shared stream at the same pace, whatever it leaves out.
         """
-        self.last = self._step(self._kept(next(self._batches)))
+        stats = self._step(self._kept(next(self._batches)), log)
         self.step += 1
-        return self.last
+        if stats is not None:
+            self.last = stats
+        return stats
 
     # -- state ------------------------------------------------------------------------------
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -313,10 +322,11 @@ def _fit(trainers: list[Trainer], cfg: TrainConfig, d: Dist, on_checkpoint: Call
     every = max(1, cfg.steps // 200)
     try:
         while trainers[0].step < cfg.steps:
-            stats = [t.train_step() for t in trainers]
-            step = trainers[0].step
+            step = trainers[0].step + 1
+            log = step % every == 0 or step == cfg.steps
+            stats = [t.train_step(log) for t in trainers]
             bar.update(cfg.batch_tokens)
-            if step % every == 0 or step == cfg.steps:
+            if log:
                 for t, row in zip(trainers, stats):
                     t.history.append(row)
                 mean = {k: sum(row[k] for row in stats) / len(stats) for k in ("loss", "l0", "explained_variance", "dead_fraction")}
