@@ -39,7 +39,7 @@ class _Selected(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             tokens = torch.arange(n, device=x.device).repeat_interleave(k)
             pairs = torch.sparse_coo_tensor(torch.stack([flat_idx, tokens]), flat_grad, (d_sae, n), check_invariants=False)
-            grad_w = torch.sparse.mm(pairs, x).T
+            grad_w = torch.sparse.mm(pairs, x).T.contiguous()  # fused Adam is 2x slower on a strided gradient
         if ctx.needs_input_grad[2]:
             grad_b = torch.zeros(d_sae, dtype=grad.dtype, device=grad.device).index_add_(0, flat_idx, flat_grad)
         return grad_x, grad_w, grad_b, None, None
