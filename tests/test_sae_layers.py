@@ -179,7 +179,7 @@ def test_set_eval_scores_each_member_as_alone_and_the_replacement_model(tiny_lla
     assert r["layers"] == [0, 1, 2] and r["ce_loss_clean"] == pytest.approx(frame["ce_loss_clean"].iloc[0])
     assert r["ce_loss_replaced"] == pytest.approx(_replaced_ce(tiny_llama, tiny_set, 1024), rel=1e-5)
     assert r["ce_loss_score"] == pytest.approx((r["ce_loss_zero"] - r["ce_loss_replaced"]) / (r["ce_loss_zero"] - r["ce_loss_clean"]))
-    assert "keep that layer's own output" in result.summary()
+    assert "keep the model's own output" in result.summary()
 
 
 def _replaced_ce(model, folder: Path, tokens: int) -> float:

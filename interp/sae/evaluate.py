@@ -114,8 +114,9 @@ class SAESetEvalResult(Result):
     densities: dict[str, torch.Tensor]  # member name -> [d_sae] share of evaluated tokens each latent fired on
     seconds: float
 
-    NOTE = ("replacement model: every member spliced in at once, layers without one keep their MLP; "
-            "the first position and the tokens over a member's norm limits in the clean run keep that layer's own output")
+    NOTE = ("replacement model: every member spliced in at once (a transcoder replaces its layer's MLP; layers "
+            "without one keep theirs); the first position and the tokens over a member's norm limits in the clean "
+            "run keep the model's own output there")
 
     def to_frame(self) -> pd.DataFrame:
         return self.members
