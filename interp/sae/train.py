@@ -162,7 +162,7 @@ class Trainer:
         self.sae = training_sae(cfg, d_in, d_out, metadata)
         self.forward = distributed.train_step_fn(self.sae, d)
         self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999),
-                                          fused=torch.device(cfg.device).type in ("cpu", "cuda"))  # 5x faster a step on CPU
+                                          fused=torch.device(cfg.device).type in ("cpu", "cuda"))  # its update 5x faster on CPU
         self.coefficients = {name: c.value if isinstance(c, TrainCoefficientConfig) else float(c)
                              for name, c in self.sae.get_coefficients().items()}
         d_sae = self.sae.cfg.d_sae
