@@ -94,8 +94,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.xfail(strict=False, reason="passes alone; failed twice inside the full suite on a loaded machine after "
-                   "the multi-member runner landed (order or timing of the kill): open, see the stop note")
 def test_resume_after_kill_gives_the_weights_of_an_uninterrupted_run(tiny_llama, tmp_path, one_thread):
     from safetensors.torch import load_file
 
