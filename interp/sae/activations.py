@@ -66,7 +66,7 @@ def sae_limits(sae) -> tuple[float, ...] | None:
     return (meta.max_norm,) + ((meta.max_norm_out,) if meta.max_norm_out is not None else ())
 
 
-def check_finite(rows: torch.Tensor, hook: str, where: str) -> None:
+def check_activations_finite(rows: torch.Tensor, hook: str, where: str) -> None:
     """Raise when `rows` hold NaN or inf (one reduction pass: min and max propagate NaN)."""
     low, high = torch.aminmax(rows) if rows.numel() else (rows.new_zeros(()), rows.new_zeros(()))
     if not (torch.isfinite(low) and torch.isfinite(high)):
@@ -90,7 +90,7 @@ class ActivationSource:
             for _, acts in stream:
                 rows = {h: flat_tokens(acts[h], self.skip_positions).float() for h in self.hooks}
                 for hook, value in rows.items():
-                    check_finite(value, hook, f"epoch {self.epoch}, model batch {self.batch_in_epoch}")
+                    check_activations_finite(value, hook, f"epoch {self.epoch}, model batch {self.batch_in_epoch}")
                 self.batch_in_epoch += 1
                 served += 1
                 yield rows

@@ -38,7 +38,7 @@ from interp.errors import InterpError
 from interp.hooks import check_hook_names, hook_layer, resid_pre
 from interp.results import Result, register_result
 from interp.sae import io
-from interp.sae.activations import check_finite, flat_tokens, sae_limits, within_limits
+from interp.sae.activations import check_activations_finite, flat_tokens, sae_limits, within_limits
 
 DENSE = 0.1  # a latent firing on more than this share of tokens is "dense"
 
@@ -328,7 +328,7 @@ def _evaluate(model, members: list[_Member], batches: Iterator[torch.Tensor], to
             positions = []
             for m in members:
                 x = flat_tokens(cache[m.hook], skip)
-                check_finite(x, m.hook, "evaluation batch")
+                check_activations_finite(x, m.hook, "evaluation batch")
                 target = flat_tokens(cache[m.splice], skip) if m.hook_out else x
                 keep = within_limits(torch.cat([x, target], 1) if m.hook_out else x, x.shape[1], m.limits)
                 m.sums.left_out += int((~keep).sum())

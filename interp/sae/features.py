@@ -27,7 +27,7 @@ from interp.corpus import Corpus, load_corpus
 from interp.errors import InterpError
 from interp.results import Result, register_result
 from interp.sae import io
-from interp.sae.activations import check_finite, flat_tokens, sae_limits, within_limits
+from interp.sae.activations import check_activations_finite, flat_tokens, sae_limits, within_limits
 from interp.sae.evaluate import held_out
 from interp.streaming import stream_activations
 
@@ -96,7 +96,7 @@ def collect(model, sae, hook: str, corpus: Corpus, tokens: int, batch_size: int,
                                           progress=progress):
         b, s = batch.shape
         x = flat_tokens(acts[hook], skip)
-        check_finite(x, hook, "feature statistics")
+        check_activations_finite(x, hook, "feature statistics")
         keep = within_limits(x, x.shape[1], limit)
         left_out += int((~keep).sum())
         latents = (sae.encode(x.to(device)) * keep[:, None].to(device)).reshape(b, s - skip, -1)
