@@ -63,6 +63,16 @@ def resid_pre(layer: int) -> str:
     return f"blocks.{layer}.hook_resid_pre"
 
 
+def resid_mid(layer: int) -> str:
+    """The residual between a block's attention and its MLP (the MLP's input, before ln2)."""
+    return f"blocks.{layer}.hook_resid_mid"
+
+
+def mlp_post(layer: int) -> str:
+    """The MLP's hidden activations [..., d_mlp] that multiply the rows of W_out (act(gate) x up when gated)."""
+    return f"blocks.{layer}.mlp.hook_post"
+
+
 def attn_out(layer: int) -> str:
     return f"blocks.{layer}.hook_attn_out"
 
