@@ -17,14 +17,15 @@ from interp.hooks import check_hook_names
 HookSpec = tuple[str | Callable[[str], bool], Callable[..., Any]]
 
 
-def _check(model: HookedTransformer, hooks: Iterable[HookSpec]) -> list[HookSpec]:
+def _check(model, hooks: Iterable[HookSpec]) -> list[HookSpec]:
     hooks = list(hooks)
     check_hook_names(model, [name for name, _ in hooks if isinstance(name, str)])
     return hooks
 
 
-class HookedModel(HookedTransformer):
-    """A `HookedTransformer` whose hook-taking methods validate hook names."""
+class CheckedHooks:
+    """Hook-name checks for the hook-taking methods of a TransformerLens model (`HookedTransformer` or
+    `TransformerBridge`): mixed in before the model class, so both loaders' models fail the same way."""
 
     def run_with_cache(self, *args: Any, names_filter: Any = None, **kwargs: Any):
         if isinstance(names_filter, str):
@@ -33,9 +34,20 @@ class HookedModel(HookedTransformer):
             names_filter = check_hook_names(self, names_filter)
         return super().run_with_cache(*args, names_filter=names_filter, **kwargs)
 
+    def run_with_hooks(self, *args: Any, fwd_hooks: Iterable[HookSpec] = (), bwd_hooks: Iterable[HookSpec] = (),
+                       **kwargs: Any):
+        return super().run_with_hooks(*args, fwd_hooks=_check(self, fwd_hooks), bwd_hooks=_check(self, bwd_hooks),
+                                      **kwargs)
+
     def hooks(self, fwd_hooks: Iterable[HookSpec] = (), bwd_hooks: Iterable[HookSpec] = (), *args: Any, **kwargs: Any):
-        """TransformerLens's temporary-hook context (also behind `run_with_hooks`), names checked."""
+        """TransformerLens's temporary-hook context, names checked."""
         return super().hooks(_check(self, fwd_hooks), _check(self, bwd_hooks), *args, **kwargs)
+
+
+class HookedModel(CheckedHooks, HookedTransformer):
+    """A `HookedTransformer` whose hook-taking methods validate hook names."""
+
+    loader = "hooked-transformer"
 
     def expose_all_hooks(self, on: bool = True) -> None:
         """Also fire the optional hooks (per-head results, split q/k/v inputs, attn and MLP inputs).

@@ -1,4 +1,4 @@
-"""Turn a `--model` spec into a TransformerLens `HookedTransformer`, fully offline.
+"""Turn a `--model` spec into a TransformerLens `HookedTransformer` or `TransformerBridge`, fully offline.
 
 Every spec resolves to a local Hugging Face folder first (the GGUF and the tiny models are written
 into the cache as such folders), and one path turns a folder into a hooked model. Weights are loaded
@@ -25,7 +25,9 @@ DEFAULT_MODEL = "smollm2-135m"
 SPECS = (DEFAULT_MODEL, *tiny.TINY_SPECS)
 SPEC_HELP = f"use one of {', '.join(SPECS)}, a Hugging Face model folder or a .gguf path"
 # The architectures whose folders load and match transformers in the tests (TransformerLens converts more).
-TESTED_ARCHITECTURES = ("LlamaForCausalLM", "GPT2LMHeadModel")
+TESTED_ARCHITECTURES = ("LlamaForCausalLM", "Gemma2ForCausalLM", "GPT2LMHeadModel")
+# How `load_model` may build the model: "auto" tries HookedTransformer first, then TransformerBridge.
+LOADERS = ("auto", "hooked-transformer", "transformer-bridge")
 # Config attributes TransformerLens's converter reads that transformers 5 dropped: old name -> current name.
 LEGACY_CONFIG_NAMES = {"n_ctx": "n_positions"}
 
@@ -114,7 +116,7 @@ def _loading(folder: Path):
         detail = " ".join(lines[:2] if lines[0].endswith(":") else lines[:1])  # "Error(s) ...:" + the first one
         detail = detail.replace(_neutral_path(folder), str(folder))
         raise InterpError(f"cannot load the model in {folder} ({detail}); pass a complete save_pretrained folder "
-                          f"(config.json matching the weights) of an architecture TransformerLens converts, such as "
+                          f"(config.json matching the weights) of a causal LM that transformers loads, such as "
                           f"{' or '.join(TESTED_ARCHITECTURES)}") from e
 
 
@@ -147,38 +149,80 @@ def load_hf_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32)
     return _load_hf_folder(resolve_spec(spec), dtype)
 
 
-def _load_hf_folder(folder: Path, dtype: torch.dtype):
+def _load_hf_folder(folder: Path, dtype: torch.dtype, **model_kwargs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a bar per load drowns the useful progress output
     with _loading(folder):
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **model_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(folder)
     model.eval()
     return model, tokenizer
 
 
-def load_model(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """A `HookedModel` (a TransformerLens `HookedTransformer`) for `spec`.
+def load_model(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype: torch.dtype = torch.float32,
+               loader: str = "auto"):
+    """A hooked model for `spec`.
+
+    A `HookedModel` (TransformerLens's `HookedTransformer`, with the fused fast paths) where TransformerLens
+    converts the architecture, else a `BridgeModel` (TransformerLens's `TransformerBridge` around the Hugging Face
+    model) for any causal LM transformers loads; `loader` forces one ("hooked-transformer", "transformer-bridge")
+    and `model.loader` says which built it. Both fire the same hook names.
 
     No BOS token is prepended by default (SmolLM2's tokenizer adds none either); `model.cfg.spec`
     remembers the spec so results can say which model made them.
     """
+    try:
+        torch.device(device)
+    except RuntimeError as e:  # not to be taken for a broken model below
+        raise InterpError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from e
+    if loader not in LOADERS:
+        raise InterpError(f"unknown loader {loader!r}; use {', '.join(LOADERS)}")
+    folder = resolve_spec(spec)
+    cfg = None if loader == "transformer-bridge" else _hooked_config(folder, device, dtype)
+    if cfg is not None:
+        model = _load_hooked(folder, cfg, device, dtype)
+    elif loader == "hooked-transformer":
+        raise InterpError(f"TransformerLens's HookedTransformer cannot convert the model in {folder}; "
+                          f"load it with loader='auto' (through TransformerBridge)")
+    else:
+        model = _load_bridged(folder, device, dtype)
+    model.cfg.spec = spec
+    model.cfg.model_name = spec_name(spec)
+    return model
+
+
+def _hooked_config(folder: Path, device: str, dtype: torch.dtype):
+    """TransformerLens's `HookedTransformer` config for the model in `folder` (read first: it fails fast, before
+    the weights load), or None when TransformerLens does not map its architecture."""
+    from transformer_lens import loading_from_pretrained as loading
+
+    with _loading(folder), _legacy_config_names():
+        try:
+            return loading.get_pretrained_model_config(
+                _neutral_path(folder), fold_ln=False, device=device, dtype=dtype, default_prepend_bos=False
+            )
+        except NotImplementedError:  # "<Architecture> is not currently supported."
+            return None
+
+
+def _load_bridged(folder: Path, device: str, dtype: torch.dtype):
+    """A `BridgeModel` around the Hugging Face model in `folder` (eager attention, so patterns can be hooked)."""
+    from interp.models.bridge import boot_bridge
+
+    hf_model, tokenizer = _load_hf_folder(folder, dtype, attn_implementation="eager")
+    with _loading(folder):
+        return boot_bridge(folder, hf_model.to(device), tokenizer)
+
+
+def _load_hooked(folder: Path, cfg, device: str, dtype: torch.dtype):
+    """A `HookedModel` with the fused fast paths, its weights converted from the Hugging Face model in `folder`."""
     from transformer_lens import loading_from_pretrained as loading
 
     from interp.models.fast import install_fast_paths
     from interp.models.hooked import HookedModel
 
-    try:
-        torch.device(device)
-    except RuntimeError as e:  # not to be taken for a broken model below
-        raise InterpError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from e
-    folder = resolve_spec(spec)
-    with _loading(folder), _legacy_config_names():  # the config first: it fails fast, before the weights load
-        cfg = loading.get_pretrained_model_config(
-            _neutral_path(folder), fold_ln=False, device=device, dtype=dtype, default_prepend_bos=False
-        )
     hf_model, tokenizer = _load_hf_folder(folder, dtype)  # resolving again would re-hash a .gguf
     with _loading(folder), contextlib.redirect_stdout(io.StringIO()):  # TransformerLens prints while loading
         state = loading.get_pretrained_state_dict(_neutral_path(folder), cfg, hf_model=hf_model, dtype=dtype)
@@ -192,6 +236,4 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype: torch.dtyp
         model.to(device)
     install_fast_paths(model)
     model.eval()
-    model.cfg.spec = spec
-    model.cfg.model_name = spec_name(spec)
     return model
