@@ -83,3 +83,16 @@ def mlp_out(layer: int) -> str:
 
 def pattern(layer: int) -> str:
     return f"blocks.{layer}.attn.hook_pattern"
+
+
+def attn_scores(layer: int) -> str:
+    """Pre-softmax attention scores [batch, heads, query, key] (masked cells are -inf)."""
+    return f"blocks.{layer}.attn.hook_attn_scores"
+
+
+def query_key(model, layer: int) -> tuple[str, str]:
+    """The hooks of q and k as the scores use them: after the rotary embedding (`hook_rot_q`,
+    `hook_rot_k`) on models that have one, else `hook_q`, `hook_k`."""
+    rotated = f"blocks.{layer}.attn.hook_rot_q" in model.hook_dict
+    kind = "rot_" if rotated else ""
+    return f"blocks.{layer}.attn.hook_{kind}q", f"blocks.{layer}.attn.hook_{kind}k"
