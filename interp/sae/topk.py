@@ -47,7 +47,8 @@ class _Selected(torch.autograd.Function):
 
 class SparseTopKTraining:
     """Mixin over sae-lens's `TopKTrainingSAE` (or our TopK transcoder): `training_forward_pass` with sparse
-    decoding. Falls back to sae-lens's own pass for hook_z reshaping."""
+    decoding. Falls back to sae-lens's own pass while hook_z reshaping is on (training SAEs turn it off:
+    rows arrive with heads already concatenated, so hook_z SAEs take the sparse step too)."""
 
     cfg: object
 
@@ -66,7 +67,7 @@ class SparseTopKTraining:
         return F.embedding_bag(idx, self.W_dec, per_sample_weights=weights, mode="sum")
 
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
-        if self.cfg.reshape_activations != "none":
+        if self.hook_z_reshaping_mode:
             return super().training_forward_pass(step_input)
         x = self.process_sae_in(step_input.sae_in)
         norms = self.W_dec.norm(dim=-1) if self.cfg.rescale_acts_by_decoder_norm else None
