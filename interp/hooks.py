@@ -96,3 +96,13 @@ def query_key(model, layer: int) -> tuple[str, str]:
     rotated = f"blocks.{layer}.attn.hook_rot_q" in model.hook_dict
     kind = "rot_" if rotated else ""
     return f"blocks.{layer}.attn.hook_{kind}q", f"blocks.{layer}.attn.hook_{kind}k"
+
+
+def attn_z(layer: int) -> str:
+    """Per-head attention output before W_O: [batch, pos, head, d_head]."""
+    return f"blocks.{layer}.attn.hook_z"
+
+
+def attn_v(layer: int) -> str:
+    """Value vectors: [batch, pos, kv_head, d_head] (grouped-query attention: the shared KV heads)."""
+    return f"blocks.{layer}.attn.hook_v"
