@@ -5,7 +5,9 @@ Everything else is computed from that table: density, max/mean activation, activ
 top activating contexts and samples from quantile groups of the per-context maximum (both with
 per-token activations, in windows around the maximum), and top/bottom logits through the
 unembedding (W_dec @ W_U, the output side for transcoders, through W_O for `hook_z` SAEs), in
-batches over latents so that a 16k-latent SAE takes minutes, not hours.
+batches over latents so that a 16k-latent SAE takes minutes, not hours. For `hook_z` SAEs also each
+head's share of a feature's weights and, for the top contexts, which source tokens (and heads) its
+activation reads from (`interp.sae.attention`; one more model pass, up to the SAE's layer, over their rows).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from interp.errors import InterpError
 from interp.results import Result, register_result
 from interp.sae import io
 from interp.sae.activations import check_activations_finite, flat_tokens, sae_limits, within_limits
+from interp.sae.attention import add_head_columns, z_layer
 from interp.sae.evaluate import held_out
 from interp.streaming import stream_activations
 
@@ -151,12 +154,16 @@ def _window(peak: int, seq: int, left: int, right: int) -> slice:
 
 def feature_tables(acts: SparseActs, vocab: np.ndarray, n_top: int = 16, quantiles: int = 4, per_quantile: int = 4,
                    left: int = 24, right: int = 8, n_bins: int = 30, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(features, contexts) frames in the schema's columns, from the sparse activations."""
+    """(features, contexts) frames in the schema's columns, from the sparse activations.
+
+    Contexts also carry `row`, `peak` and `start` (the row of `acts.tokens`, the position of the maximum and
+    of the window's first token), so that an analysis can revisit them; they are not written.
+    """
     rng = np.random.default_rng(seed)
     n_rows, seq = acts.tokens.shape
     d_sae = len(acts.offsets) - 1
     features = {k: [] for k in ("feature", "density", "max_act", "mean_act", "top_tokens", "hist_edges", "hist_counts")}
-    contexts = {k: [] for k in ("feature", "group", "group_rank", "rank", "tokens", "acts")}
+    contexts = {k: [] for k in ("feature", "group", "group_rank", "rank", "tokens", "acts", "row", "peak", "start")}
     for f in range(d_sae):
         index, values = acts.entries(f)
         features["feature"].append(f)
@@ -202,6 +209,9 @@ def feature_tables(acts: SparseActs, vocab: np.ndarray, n_top: int = 16, quantil
                 contexts["rank"].append(rank)
                 contexts["tokens"].append(list(vocab[acts.tokens[r, window]]))
                 contexts["acts"].append(line[window].tolist())
+                contexts["row"].append(int(r))
+                contexts["peak"].append(peak)
+                contexts["start"].append(window.start)
                 if group_rank == 0:
                     peak_tokens.append(vocab[acts.tokens[r, peak]])
         features["top_tokens"].append(list(dict.fromkeys(peak_tokens))[:8])
@@ -210,14 +220,17 @@ def feature_tables(acts: SparseActs, vocab: np.ndarray, n_top: int = 16, quantil
 
 def _write(folder: Path, features: pd.DataFrame, contexts: pd.DataFrame, info: dict, sae_dir: Path | None,
            per_feature: int) -> None:
-    schema = pa.schema([("feature", pa.int64()), ("group", pa.string()), ("group_rank", pa.int32()), ("rank", pa.int32()),
-                        ("tokens", pa.list_(pa.string())), ("acts", pa.list_(pa.float32()))])
+    columns = {"feature": pa.int64(), "group": pa.string(), "group_rank": pa.int32(), "rank": pa.int32(),
+               "tokens": pa.list_(pa.string()), "acts": pa.list_(pa.float32()),
+               "source_attr": pa.list_(pa.float32()), "head_attr": pa.list_(pa.float32()), "attr_before": pa.float32()}
+    schema = pa.schema([(name, kind) for name, kind in columns.items() if name in contexts.columns])
     pq.write_table(pa.Table.from_pandas(contexts, schema=schema, preserve_index=False), folder / CONTEXTS_FILE,
                    row_group_size=64 * per_feature)
     columns = {"feature": pa.int64(), "density": pa.float64(), "max_act": pa.float32(), "mean_act": pa.float32(),
                "top_tokens": pa.list_(pa.string()), "hist_edges": pa.list_(pa.float32()), "hist_counts": pa.list_(pa.int64()),
                "top_logits": pa.list_(pa.string()), "top_logit_values": pa.list_(pa.float32()),
-               "bottom_logits": pa.list_(pa.string()), "bottom_logit_values": pa.list_(pa.float32()), "label": pa.string()}
+               "bottom_logits": pa.list_(pa.string()), "bottom_logit_values": pa.list_(pa.float32()), "label": pa.string(),
+               "enc_head_shares": pa.list_(pa.float32()), "dec_head_shares": pa.list_(pa.float32())}
     schema = pa.schema([(name, kind) for name, kind in columns.items() if name in features.columns])
     pq.write_table(pa.Table.from_pandas(features, schema=schema, preserve_index=False), folder / FEATURES_FILE)
     if sae_dir is not None:
@@ -272,6 +285,8 @@ def feature_statistics(model, sae, workspace: str | Path, path: str | Path | Non
                  "d_sae": sae.cfg.d_sae, "n_tokens": acts.n_tokens, "corpus": corpus.name, "sae_path": str(path or "")}
     if hook_out:
         info_json["hook_out"] = hook_out
+    elif z_layer(hook) is not None:  # an attention-output SAE: head shares and source attribution for its pages
+        info_json.update(add_head_columns(model, sae, acts.tokens, features, contexts, batch_size))
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
     try:
