@@ -27,6 +27,7 @@ CONTEXTS_FILE = "contexts.parquet"
 SAE_DIR = "sae"
 REQUIRED_FEATURE_COLUMNS = ("feature", "density", "max_act")
 REQUIRED_CONTEXT_COLUMNS = ("feature", "group", "group_rank", "rank", "tokens", "acts")
+OPTIONAL_CONTEXT_COLUMNS = ("source_attr", "head_attr", "attr_before")  # attention-output SAEs' top contexts
 SORTS = {
     "density": ("density", False),
     "density-asc": ("density", True),
@@ -149,8 +150,10 @@ class FeatureSet:
         if self._contexts_meta is None:
             return pd.DataFrame(columns=list(REQUIRED_CONTEXT_COLUMNS))
         groups = [i for i, lo, hi in self._groups if lo is None or lo <= feature <= hi]
+        names = self._contexts_meta.schema.to_arrow_schema().names
+        columns = list(REQUIRED_CONTEXT_COLUMNS) + [c for c in OPTIONAL_CONTEXT_COLUMNS if c in names]
         table = pq.ParquetFile(self.folder / CONTEXTS_FILE, metadata=self._contexts_meta).read_row_groups(
-            groups, columns=list(REQUIRED_CONTEXT_COLUMNS))
+            groups, columns=columns)
         frame = table.to_pandas()
         frame = frame[frame["feature"] == feature]
         return frame.sort_values(["group_rank", "rank"], kind="stable").reset_index(drop=True)

@@ -2,7 +2,9 @@
 
 The list is paged on the server: the URL carries `q`, `sort` and `page`, so a page of 16k features
 costs one in-memory sort (cached) and 50 table rows. A prompt box runs the saved SAE on a typed
-text (live model needed) and shows the features that fire on each token.
+text (live model needed) and shows the features that fire on each token. Feature sets of attention-output
+SAEs (`hook_z`) also show each head's share of a feature's weights and, under each top context, which
+earlier tokens the activation at its maximum reads from (direct feature attribution, summed over heads).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dashboards.context import Context
 from dashboards.feature_store import SORTS, FeatureSet, load_feature_set
 from dashboards.figures import activation_histogram, density_histogram, logit_bars
 from interp.errors import InterpError
+from interp.sae.attention import head_share_figure
 from interp.tokens import encode, str_tokens
 
 PAGE_SIZE = 50
@@ -140,8 +143,32 @@ def feature_page(ctx: Context, name: str, feature: int) -> list[Any]:
     if all(c in row for c in ("top_logits", "top_logit_values", "bottom_logits", "bottom_logit_values")):
         parts.append(graph(logit_bars(list(row.top_logits), list(row.top_logit_values), list(row.bottom_logits),
                                       list(row.bottom_logit_values)), f"feature-{name}-{feature}-logits"))
+    if _present(row.get("enc_head_shares")) and _present(row.get("dec_head_shares")):
+        parts.append(graph(head_share_figure(list(row.enc_head_shares), list(row.dec_head_shares),
+                                             "share of the feature's weight norm per head"),
+                           f"feature-{name}-{feature}-heads"))
     parts.append(_contexts_section(fs, feature, float(row.max_act)))
     return [p for p in parts if p is not None]
+
+
+def _present(value: Any) -> bool:
+    """Whether an optional list cell holds values (not None / NaN / empty)."""
+    return value is not None and not (isinstance(value, float) and math.isnan(value)) and len(value) > 0
+
+
+def _source_strip(r) -> html.Div | None:
+    """Under a top context of a hook_z SAE: the window's tokens shaded by how much the activation at the
+    maximum reads from each (attribution summed over heads), then the per-head totals."""
+    attr = getattr(r, "source_attr", None)
+    if not _present(attr):
+        return None
+    heads = getattr(r, "head_attr", None)
+    head_text = "  ".join(f"H{h} {float(a):+.3g}" for h, a in enumerate(heads)) if _present(heads) else ""
+    before = getattr(r, "attr_before", None)
+    tail = f";  from earlier tokens {float(before):+.3g}" if before is not None and math.isfinite(before) else ""
+    peak = max((abs(float(a)) for a in attr), default=1.0) or 1.0
+    return html.Div([html.Span("reads from: ", className="muted"), token_strip(list(r.tokens), list(attr), peak),
+                      html.Span(f"by head: {head_text}{tail}", className="muted")], className="source-attr")
 
 
 def _contexts_section(fs: FeatureSet, feature: int, peak: float) -> html.Div:
@@ -151,8 +178,8 @@ def _contexts_section(fs: FeatureSet, feature: int, peak: float) -> html.Div:
     sections = []
     for group, frame in contexts.groupby("group_rank", sort=True):
         title = str(frame["group"].iloc[0])
-        strips = [html.Div(token_strip(list(r.tokens), list(r.acts), peak), className="context")
-                  for r in frame.itertuples(index=False)]
+        strips = [html.Div([c for c in (token_strip(list(r.tokens), list(r.acts), peak), _source_strip(r)) if c is not None],
+                           className="context") for r in frame.itertuples(index=False)]
         sections.append(html.Div([html.H4(f"{title} ({len(strips)})")] + strips, className="group"))
     return html.Div([html.H3("Activating contexts")] + sections, id="feat-contexts")
 

@@ -24,6 +24,7 @@ PROMPT, SUBJECT = "The Eiffel Tower is in Paris", "Eiffel"
 FACTS = [("{} is in", "The Eiffel Tower"), ("{} was born in", "Mozart"), ("{} speaks", "Danielle Darrieux"),
          ("{} was founded by", "Apple")]
 RESID = "blocks.1.hook_resid_post"
+ATTN_Z = "blocks.1.attn.hook_z"
 
 
 def write_sample_workspace(workspace: str | Path, model, name: str = "sample") -> dict[str, Path]:
@@ -145,7 +146,23 @@ def _sae(model, ws: Path, name: str) -> list[Result]:
                                per_quantile=2, progress=False),
             attribute(model, transcoders, prompt, layer=1, feature=feature),
             graph(model, prompt, root / "transcoders", GraphConfig(node_threshold=1.0)),
-            set_trained, evaluate_set(model, root / "transcoders", tokens=512, progress=False)]
+            set_trained, evaluate_set(model, root / "transcoders", tokens=512, progress=False),
+            _attention_sae(model, ws, root / "attn", f"{name}-attn", small)]
+
+
+def _attention_sae(model, ws: Path, folder: Path, name: str, small: dict) -> Result:
+    """An attention-output SAE (heads concatenated at hook_z): its feature set `name` (head shares and
+    per-source attribution on the feature pages) and the attribution of one activation."""
+    from interp.sae import TrainConfig, load_sae, train
+    from interp.sae.attention import attribute_feature
+    from interp.sae.features import feature_statistics
+
+    train(model, TrainConfig(hook=ATTN_Z, **small), folder)
+    sae = load_sae(folder)
+    stats = feature_statistics(model, sae, ws, path=folder, name=name, tokens=2048, n_top=4, quantiles=2,
+                               per_quantile=2, progress=False)
+    busiest = int(stats.densest["feature"].iloc[0])
+    return attribute_feature(model, sae, f"{MARKUP} The cat sat on the mat", busiest, path=str(folder))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,10 +1,13 @@
-"""`interp sae train|eval|features`: sparse autoencoders and transcoders.
+"""`interp sae train|eval|features|attribute`: sparse autoencoders and transcoders.
 
 `train --layers SPEC` with `{l}` in the hooks trains one SAE per layer, and `--k 16,32` or
 `--expansion 4,8` one per setting, all from the same model passes, into a set folder (`eval` takes it).
 
 `train` also runs under `torchrun --nproc-per-node N -m interp sae train ...` (one process per share
 of the corpus, gradients averaged with DistributedDataParallel); only process 0 prints.
+
+`attribute` splits one activation of an attention-output SAE (`--hook blocks.L.attn.hook_z`) over heads
+and source positions (Kissane et al. 2024).
 """
 
 from __future__ import annotations
@@ -71,6 +74,15 @@ def register(sub, common) -> None:
     f.add_argument("--force", action="store_true", help="replace a feature set of the same name")
     f.set_defaults(run=run_features)
     declare_outputs(f, name=Output("dir", unless="force", why="to replace it", path=_feature_folder))
+
+    a = actions.add_parser("attribute", parents=[common],
+                           help="attention-output SAE: which heads and earlier tokens one feature activation reads from")
+    a.add_argument("dir", help="SAE folder trained on blocks.L.attn.hook_z")
+    a.add_argument("prompt")
+    a.add_argument("--feature", type=nonneg_int, required=True, help="the SAE feature (latent index)")
+    a.add_argument("--position", type=int, default=None,
+                   help="destination token (negative counts from the end; default: where the feature is largest)")
+    a.set_defaults(run=run_attribute)
 
 
 def _feature_folder(args):
@@ -158,3 +170,14 @@ def run_features(args):
     return feature_statistics(load_model_for(args), sae, args.workspace, path=args.dir, name=args.name,
                               tokens=args.tokens, corpus=args.corpus, n_top=args.top, quantiles=args.quantiles,
                               per_quantile=args.per_quantile, batch_size=args.batch_size, force=args.force)
+
+
+def run_attribute(args):
+    from interp.cli import load_model_for
+    from interp.sae import load_sae
+    from interp.sae.attention import attn_layer, attribute_feature, check_feature
+
+    sae = load_sae(args.dir, device=args.device)
+    attn_layer(sae)  # the hook and the feature are checked before the model loads
+    check_feature(sae, args.feature)
+    return attribute_feature(load_model_for(args), sae, args.prompt, args.feature, position=args.position, path=args.dir)

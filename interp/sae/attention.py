@@ -209,10 +209,14 @@ class AttnFeatureAttribution(Result):
 
 
 def _default_position(sae, z: torch.Tensor, feature: int) -> int:
-    """The token where `feature` is largest on this prompt (its pre-activation where it never fires)."""
-    x = z.reshape(z.shape[0], -1)
+    """The token where `feature` is largest on this prompt (its pre-activation where it never fires), after
+    the leading positions the SAE was trained without (the attention sink), when the prompt is longer."""
+    skip = sae.cfg.metadata.skip_positions if sae.cfg.metadata.skip_positions is not None else 1
+    skip = min(skip, z.shape[0] - 1)
+    x = z[skip:].reshape(z.shape[0] - skip, -1)
     acts = sae.encode(x.to(sae.W_enc.device))[:, feature]
-    return int(acts.argmax()) if bool((acts > 0).any()) else int(pre_activations(sae, x)[:, feature].argmax())
+    best = acts.argmax() if bool((acts > 0).any()) else pre_activations(sae, x)[:, feature].argmax()
+    return skip + int(best)
 
 
 @torch.no_grad()
@@ -312,8 +316,9 @@ def add_head_columns(model, sae, tokens: np.ndarray, features: pd.DataFrame, con
     layer = attn_layer(sae)
     n_heads = model.cfg.n_heads
     shares = head_shares(sae, n_heads)
-    features["enc_head_shares"] = list(shares["encoder"][features["feature"].to_numpy()].cpu().numpy())
-    features["dec_head_shares"] = list(shares["decoder"][features["feature"].to_numpy()].cpu().numpy())
+    ids = features["feature"].to_numpy()
+    features["enc_head_shares"] = list(shares["encoder"].cpu().numpy()[ids])
+    features["dec_head_shares"] = list(shares["decoder"].cpu().numpy()[ids])
     top = np.flatnonzero(contexts["group_rank"].to_numpy() == 0)
     found = context_attributions(model, sae, tokens, contexts.iloc[top], batch_size)
     for column, values in found.items():
