@@ -159,16 +159,27 @@ def test_runs():
     assert runs([False, False]) == []
 
 
+def sink_on_first(block: int, boost: float = 3.0):
+    """A hook raising the attention score of key 0 in `block`, so that its heads sink on the first token."""
+    def fn(scores, hook):
+        scores[..., 0] += boost
+        return scores
+    return (f"blocks.{block}.attn.hook_attn_scores", fn)
+
+
 def test_planted_secondary_sink_is_found_and_only_it(tiny_llama):
     spot = PROMPT.index("cat")
-    with tiny_llama.hooks(fwd_hooks=[plant(1000.0, positions=(0, spot))]):
+    planted = [plant(1000.0, positions=(0, spot)), sink_on_first(1), sink_on_first(2)]
+    with tiny_llama.hooks(fwd_hooks=planted):
         result = secondary_sinks(tiny_llama, [PROMPT])
     events = result.to_frame()
     assert events[["position", "start_layer", "end_layer", "n_layers"]].values.tolist() == [[spot, 1, 2, 2]]
     assert events.iloc[0]["token"] == "c" and events.iloc[0]["mean_cos"] > 0.99
     assert result.typical_cos.shape == (2,) and (result.typical_cos < 0.5).all()  # the others stay unaligned
-    with tiny_llama.hooks(fwd_hooks=[plant(1000.0, positions=(0, spot))]):
+    with tiny_llama.hooks(fwd_hooks=planted):
         assert secondary_sinks(tiny_llama, [PROMPT], layers=[2]).to_frame()["start_layer"].tolist() == [2]
+    with tiny_llama.hooks(fwd_hooks=planted[:1]):  # aligned, but no head sinks on the first token
+        assert secondary_sinks(tiny_llama, [PROMPT]).to_frame().empty
 
 
 # -- results, CLI ---------------------------------------------------------------------------------------

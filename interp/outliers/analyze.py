@@ -40,7 +40,7 @@ def analyze_outliers(model, prompts: Sequence[str] | None = None, corpus=None, *
     `ppl_corpus` (default: `corpus`, or the built-in one for prompts) with the massive activations
     zeroed and set to their mean."""
     collectors = [MassiveCollector(model, abs_threshold, ratio_threshold, top_k), SinkCollector(model, sink_threshold),
-                  DrainCollector(model), SecondaryCollector(model, cos_threshold, secondary_layers)]
+                  DrainCollector(model), SecondaryCollector(model, cos_threshold, secondary_layers, sink_threshold)]
     source = TokenSource(model, prompts, corpus, max_tokens, batch_size, seq_len)
     run_collectors(model, source, collectors)
     massive, sinks, drains, secondary = (c.result(source.name) for c in collectors)
