@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "interp.cli.edit",
     "interp.cli.info",
     "interp.cli.lens",
+    "interp.cli.microscope",
     "interp.cli.outliers",
     "interp.cli.probe",
     "interp.cli.dashboard",
