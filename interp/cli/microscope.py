@@ -29,16 +29,28 @@ def register(sub, common) -> None:
     p.set_defaults(run=run)
 
 
+TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
+
+
+def looks_like_path(arg: str) -> bool:
+    """A single word with a folder separator or a text-file suffix: meant as a file, not as a prompt."""
+    return not any(ch.isspace() for ch in arg) and ("/" in arg or arg.lower().endswith(TEXT_SUFFIXES))
+
+
 def read_text(arg: str) -> tuple[str, str]:
     """(text, source label) for the positional argument: the file's contents when it names an existing path."""
     from interp.errors import InterpError, file_error
 
+    if not arg.strip():
+        raise InterpError("the text is empty; pass some text")
     path = Path(arg).expanduser()
     try:
         is_path = path.exists()
     except (OSError, ValueError):  # a prompt too long or odd to be a path
         is_path = False
     if not is_path:
+        if looks_like_path(arg):
+            raise InterpError(f"file {arg} not found; check the path (one word with a / or a .txt/.md suffix is read as a file)")
         return arg, arg
     if path.is_dir():
         raise InterpError(f"{path} is a folder; pass a text file, or use --corpus {path}")
@@ -60,8 +72,6 @@ def run(args):
     if args.text is None and args.corpus is None:
         raise InterpError("nothing to analyse; pass a text, a text file, or --corpus")
     text, source = (None, None) if args.text is None else read_text(args.text)
-    if text is not None and not text.strip():
-        raise InterpError("the text is empty; pass some text")
     config = MicroscopeConfig(reference_tokens=args.reference_tokens, corpus_tokens=args.corpus_tokens,
                               seq_len=args.seq_len, max_tokens=args.max_tokens, removal=not args.no_removal,
                               memory=MemoryConfig(window=args.window, steps=args.steps, seed=args.seed))
