@@ -33,6 +33,7 @@ COMMAND_MODULES = [
     "interp.cli.patch",
     "interp.cli.graph",
     "interp.cli.steer",
+    "interp.cli.ffn",
 ]
 
 
