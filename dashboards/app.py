@@ -32,12 +32,13 @@ from typing import Any
 import flask
 from dash import Dash, Input, Output, dcc, html
 
-from dashboards import result_views  # noqa: F401  (registers the dedicated result pages)
+from dashboards import microscope_view, result_views  # noqa: F401  (register the dedicated result pages)
 from dashboards.attention import attention_page, register_attention_callbacks
 from dashboards.components import message, register_downloads
 from dashboards.context import Context
 from dashboards.feature_store import FEATURES_DIR, feature_set_names
 from dashboards.features import feature_list_page, feature_page, register_feature_callbacks
+from dashboards.ffn import register_ffn_callbacks
 from dashboards.graph_page import register_graph_callbacks
 from dashboards.steering import register_steering_callbacks
 from dashboards.views import result_page, saved_prompt
@@ -113,6 +114,7 @@ def create_app(workspace: str | Path, model_spec: str | None = None, device: str
     register_feature_callbacks(app, ctx)
     register_graph_callbacks(app, ctx)
     register_steering_callbacks(app, ctx)
+    register_ffn_callbacks(app, ctx)
     return app
 
 

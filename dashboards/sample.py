@@ -36,7 +36,8 @@ def write_sample_workspace(workspace: str | Path, model, name: str = "sample") -
     torch.set_num_threads(1)  # a tiny model's matmuls only lose from more threads (10x slower on a busy machine)
     try:
         results = [*_basics(model), *_circuits(model, ws), _edit(model), *_probes(model, ws), _steer(model),
-                   *_outliers(model), *_sae(model, ws, name)]
+                   *_outliers(model), _microscope(model), *_sae(model, ws, name)]
+        results += _ffn(model)
     finally:
         torch.set_num_threads(threads)
     return {r.kind: r.save(ws, name) for r in results}
@@ -117,6 +118,24 @@ def _outliers(model) -> list[Result]:
     analysis = analyze_outliers(model, texts, ppl_tokens=128, seq_len=64)
     checkpoints = across_checkpoints([str(model.cfg.spec)], max_tokens=128, batch_size=2, seq_len=64, ppl_tokens=128)
     return [*analysis.results(), checkpoints]
+
+
+def _microscope(model) -> Result:
+    """A corpus run (so the page has its removal table) on a tiny reference sample, read-out trained 10 steps."""
+    from interp.microscope import MicroscopeConfig, microscope
+    from interp.microscope.memory import MemoryConfig
+
+    config = MicroscopeConfig(reference_tokens=256, corpus_tokens=128, seq_len=64, id_points=128,
+                              memory=MemoryConfig(window=4, steps=10, batch=32))
+    return microscope(model, corpus=None, source=f"{MARKUP} built-in prose", config=config)
+
+
+def _ffn(model) -> list[Result]:
+    """The sub-updates of every layer at the last token, and the neuron table (in the workspace, so the ffn
+    page's search box has a table to search)."""
+    from interp.ffn import ffn_updates, neuron_table
+
+    return [ffn_updates(model, f"{MARKUP} The Eiffel Tower is in", top=4, n_tokens=4), neuron_table(model, progress=False)]
 
 
 def _sae(model, ws: Path, name: str) -> list[Result]:

@@ -121,8 +121,9 @@ class MicroscopeResult(Result):
                                  hovertemplate="layer %{y}<br>%{x}<br>nonlinearity %{z:.3f}<extra></extra>"), 1, 1)
         layers = [escape_label(x) for x in self.layers]
         fig.add_trace(go.Scatter(x=layers[1:], y=self.linearity.tolist(), name="linearity"), 2, 1)
-        fig.add_trace(go.Scatter(x=layers, y=(self.intrinsic_dim / self.intrinsic_dim.nan_to_num().max().clamp_min(1e-9))
-                                 .tolist(), name="intrinsic dim / max", customdata=self.intrinsic_dim.tolist(),
+        scaled = self.intrinsic_dim / self.intrinsic_dim.nan_to_num().max().clamp_min(1e-9)
+        fig.add_trace(go.Scatter(x=layers, y=scaled.tolist(), name="intrinsic dim / max",
+                                 customdata=self.intrinsic_dim.tolist(),
                                  hovertemplate="%{x}: %{customdata:.1f}<extra>intrinsic dim</extra>"), 2, 1)
         frame = self.classes
         fig.add_trace(go.Bar(x=frame["class"].tolist(), y=frame["context_loss"].tolist(), name="context loss",
@@ -227,6 +228,9 @@ def microscope(model, text: str | None = None, *, corpus=None, source: str | Non
     data = prepare_corpus(corpus)
     n_ref = config.reference_tokens // config.seq_len
     n_analysed = 0 if tokens is not None else max(1, config.corpus_tokens // config.seq_len)
+    if n_ref * (config.seq_len - 1) <= model.cfg.d_model:  # a least-squares map would fit exactly: all "linear"
+        raise InterpError(f"the reference sample gives {n_ref * (config.seq_len - 1)} tokens to fit, not more than "
+                          f"the model's {model.cfg.d_model} dimensions; raise --reference-tokens (a few times that)")
     rows = corpus_rows(model, data, n_ref + n_analysed, config.seq_len)
     reference = hidden_states(model, rows[:n_ref])  # [L+1, R, S, d]
     analysed_rows = tokens[None] if tokens is not None else rows[n_ref:]

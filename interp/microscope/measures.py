@@ -72,23 +72,22 @@ def two_nn_dimension(points: torch.Tensor, fit_fraction: float = 0.2, eps: float
 
     Points are centred and scaled to unit mean norm; mu = r2 / r1 is the ratio of each point's second- to
     first-neighbour distance. Under local uniformity P(mu <= m) = 1 - m^-D, so -log(1 - F(mu)) = D log mu: sort
-    mu, set F to the empirical CDF (i / N) and fit a line through the origin. Points with r1 < eps or mu == 1
-    (duplicates, e.g. repeated tokens in the embedding layer) take the lowest ranks and are left out of the
-    line, which uses the smallest `fit_fraction` of the other mu values (the toolkit's choice: 1/5).
+    mu, set F to the empirical CDF (i / N) and fit a line through the origin over the smallest `fit_fraction`
+    of the mu values (the toolkit's choice: 1/5). A repeated vector (a repeated token in the embedding layer)
+    counts once, and points left with r1 < eps or r1 == r2 are dropped, from the CDF too: the toolkit keeps
+    them at the lowest ranks of the CDF, which inflates the estimate where duplicates are common.
     """
     if not 0 < fit_fraction <= 1:
         raise ValueError("fit_fraction must be in (0, 1]")
-    x = points.double()
+    x = torch.unique(points.double(), dim=0)
     x = x - x.mean(0)
     x = x / x.norm(dim=1).mean().clamp_min(eps)
     r1, r2 = _two_nearest(x)
-    mu = torch.where(r1 < eps, torch.ones_like(r1), r2 / r1.clamp_min(eps))
-    mu = mu.sort().values
+    mu = r2[r1 >= eps] / r1[r1 >= eps]
+    mu = mu[mu > 1 + eps].sort().values
     n = len(mu)
-    degenerate = int((mu <= 1 + eps).sum())
-    cdf = torch.arange(1, n + 1, dtype=torch.float64)[degenerate:] / n
-    used = min(int((n - degenerate) * fit_fraction), n - degenerate - 1)  # F = 1 at the last point
-    log_mu, target = mu[degenerate:].log()[:used], -torch.log1p(-cdf)[:used]
+    used = min(int(n * fit_fraction), n - 1)  # F = 1 at the last point
+    log_mu, target = mu.log()[:used], -torch.log1p(-torch.arange(1, used + 1, dtype=torch.float64) / n)
     if used < 2:
         return float("nan")
     return float((log_mu * target).sum() / (log_mu * log_mu).sum())
