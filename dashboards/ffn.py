@@ -1,9 +1,9 @@
 """Pages of `interp ffn` results (Geva et al. 2022): the sub-updates per layer and a search box over the
 whole-model neuron table ("which neurons promote ' Paris'?").
 
-The table is a `neurons` result in the same workspace, saved by `interp ffn --workspace` and named by
-the fingerprint of the weights it was built from, so an `ffn` page searches the table of its own model
-and never another's. Tokens are untrusted text: they go into table cells only, which React escapes.
+The table is a `neurons` result in the same workspace, saved by `interp ffn --workspace` once per set of
+weights; an `ffn` page finds the one whose weights fingerprint matches its own, so it searches the table
+of its own model and never another's. Tokens are untrusted text: they go into table cells only, which React escapes.
 """
 
 from __future__ import annotations
@@ -19,16 +19,12 @@ from dashboards.context import Context
 from dashboards.views import attention_link, entry_key, figure_section, find_entry, load_result, register_view, \
     summary_section, table_section
 from interp.errors import InterpError
-from interp.workspace import Entry, Workspace
+from interp.ffn.table import saved_table
+from interp.workspace import Entry
 
 TABLE_KIND = "neurons"
 SHOWN = 50  # neurons listed per search
 MAX_QUERY_CHARS = 100
-
-
-def table_entry(ctx: Context, weights: str) -> Entry | None:
-    """The workspace's neuron table built from the weights with fingerprint `weights`, if it holds one."""
-    return next((e for e in Workspace(ctx.root).entries(TABLE_KIND) if e.name == weights[:16]), None)
 
 
 def search_results(ctx: Context, name: str, query: Any) -> pd.DataFrame:
@@ -71,7 +67,7 @@ def search_box(ctx: Context, table_name: str, query: str) -> html.Div:
 def ffn_view(result, entry: Entry, ctx: Context) -> list[Any]:
     """The figure, the per-layer answer readings, the sub-updates, and the neuron search for the answer."""
     key = entry_key(entry)
-    found = table_entry(ctx, result.weights)
+    found = saved_table(ctx.root, result.weights)
     search = (search_box(ctx, found.name, result.answer) if found else
               message(f"This workspace has no neuron table for these weights; run `interp ffn ... --model "
                       f"{result.model} --workspace {ctx.root}` to add it."))

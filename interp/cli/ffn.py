@@ -20,15 +20,13 @@ def register(sub, common) -> None:
 def run(args):
     from interp.cli import load_model_for
     from interp.ffn import ffn_updates, neuron_table
+    from interp.ffn.table import saved_table
     from interp.hooks import parse_layers
-    from interp.workspace import Workspace
 
     model = load_model_for(args)
     layers = parse_layers(model, str(args.layer) if args.layer is not None else args.layers)
     result = ffn_updates(model, args.prompt, layers=layers, top=args.top, position=args.position,
                          target=args.target, n_tokens=args.tokens)
-    if not args.workspace:
+    if not args.workspace or saved_table(args.workspace, result.weights):
         return result
-    table = neuron_table(model)
-    saved = {e.name for e in Workspace(args.workspace).entries(table.kind)}
-    return result if table.weights[:16] in saved else [result, table]
+    return [result, neuron_table(model)]

@@ -11,6 +11,7 @@ edit of any of them builds a new table, an edit elsewhere (attention, W_in) keep
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from interp.ffn.vocab import vocab_extremes, vocabulary
 from interp.fingerprint import cache_name, weights_fingerprint
 from interp.results import Result, register_result
 from interp.tokens import answer_token
+from interp.workspace import Entry, Workspace
 
 TABLE_TOKENS = 10  # top and bottom tokens kept per neuron
 TABLE_VERSION = 1  # bump when the table's columns or scoring change
@@ -63,10 +65,6 @@ class NeuronTable(Result):
         out.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "table"})
         out["rows"] = len(self.table)
         return out
-
-    def save(self, workspace, name: str | None = None) -> Path:
-        """Save into `workspace`, by default under the first 16 digits of `weights` (how `ffn` pages find it)."""
-        return super().save(workspace, name or self.weights[:16])
 
     def figure(self):
         import plotly.graph_objects as go
@@ -138,6 +136,19 @@ def neuron_table(model, progress: bool = True) -> NeuronTable:
     table.to_parquet(tmp)
     tmp.replace(path)  # atomic: a reader never sees half a table
     return NeuronTable(model=spec, weights=weights, seconds=seconds, table=table, **sizes)
+
+
+def saved_table(workspace: str | Path, weights: str) -> Entry | None:
+    """The neuron table in `workspace` built from the weights with `table_fingerprint` `weights`, if any
+    (read from each saved table's result.json, whatever its name)."""
+    for entry in Workspace(workspace).entries(NeuronTable.kind):
+        try:
+            stored = json.loads((entry.path / "result.json").read_text())["json"].get("weights")
+        except (OSError, ValueError, KeyError, AttributeError):
+            continue  # a damaged entry is not the table
+        if stored == weights:
+            return entry
+    return None
 
 
 def search_table(table: pd.DataFrame, token: str | int, top: int = 20, loose: bool = False) -> pd.DataFrame:
