@@ -209,6 +209,18 @@ def test_text_run_shapes_and_round_trip(text_result, tmp_path):
     r.figure()
 
 
+def test_dashboard_page_shows_the_figure_and_every_table(text_result, tmp_path):
+    import dashboards.microscope_view  # noqa: F401  (registers the page)
+    from dashboards.context import Context
+    from dashboards.views import result_page
+
+    text_result.save(tmp_path, "run")
+    page = json.dumps(result_page(Context(tmp_path, "tiny-llama"), "microscope", "run"),
+                      default=lambda c: c.to_plotly_json() if hasattr(c, "to_plotly_json") else str(c))
+    assert page.count('"type": "DataTable"') == 4 and '"type": "Graph"' in page  # no removal table for a text
+    assert "Logit lens: top token per layer" in page and "Per token class" in page
+
+
 def test_the_text_is_scored_with_the_reference_fit(tiny_llama, text_result):
     """The per-token nonlinearity of the text is the reference fit's error on the text's own hidden states."""
     from interp.microscope import corpus_rows, hidden_states, prepare_corpus
