@@ -167,8 +167,11 @@ class AttnFeatureAttribution(Result):
         return self.terms
 
     def by_source(self) -> pd.DataFrame:
-        """source, token, attribution summed over heads, in source order."""
-        return self.terms.groupby(["source", "token"], as_index=False, sort=True)["attribution"].sum()
+        """source, token, offset (tokens back from the destination: 1 is the previous token), attribution
+        summed over heads, in source order."""
+        frame = self.terms.groupby(["source", "token"], as_index=False, sort=True)["attribution"].sum()
+        frame.insert(2, "offset", self.position - frame["source"])
+        return frame
 
     def top_source(self) -> tuple[int, str]:
         """(position, token) of the source with the largest attribution."""
