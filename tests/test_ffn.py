@@ -3,6 +3,7 @@ a plain computation from the weights (einsum over W_out, the final norm's parame
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from interp.cli import main
+from interp.errors import InterpError
 from interp.ffn import ffn_updates, neuron_table, neurons_promoting, search_table
 from interp.ffn.table import saved_table, table_path
 from test_cli_errors import run_bad
@@ -224,8 +226,6 @@ def test_cli_one_token_prompt_and_empty_prompt(capsys):
 
 
 def test_api_refuses_bad_counts(tiny_llama):
-    from interp.errors import InterpError
-
     for kwargs in ({"top": 0}, {"n_tokens": 0}, {"promote_k": 0}, {"layers": [9]}):
         with pytest.raises(InterpError):
             ffn_updates(tiny_llama, PROMPT, **kwargs)
@@ -242,3 +242,30 @@ def test_paris_rises_through_the_late_layers(smollm):
     layers = result.per_layer.set_index("layer")
     assert layers.loc[15, "rank_before"] > 100 and layers.loc[29, "rank_after"] == 0
     raise NotImplementedError("measure first")
+
+
+def test_dashboard_pages_search_the_table_of_their_own_weights(tiny_llama, tmp_path):
+    from dashboards.app import render
+    from dashboards.context import Context
+    from dashboards.ffn import search_results
+
+    def page(kind, name):
+        return json.dumps(render(ctx, f"/result/{kind}/{name}", ""),
+                          default=lambda c: c.to_plotly_json() if hasattr(c, "to_plotly_json") else str(c))
+
+    ctx = Context(tmp_path)
+    result = ffn_updates(tiny_llama, PROMPT, top=3, target="e")
+    ffn = result.save(tmp_path, "run").name
+    assert "no neuron table for these weights" in page("ffn", ffn)
+    other = dataclasses.replace(neuron_table(tiny_llama, progress=False), weights="0" * 32)
+    other.save(tmp_path, "other-model")
+    assert "no neuron table for these weights" in page("ffn", ffn)  # another model's table is not searched
+    name = neuron_table(tiny_llama, progress=False).save(tmp_path, "table").name
+    shown = page("ffn", ffn)
+    assert "Which neurons promote a token?" in shown and '"neuron-table"' in shown and '"type": "DataTable"' in shown
+    found = search_results(ctx, name, " E ")
+    assert set(found["token"]) == {"e", "E"} and found.equals(search_table(other.table, "e", top=50, loose=True))
+    assert "Which neurons promote a token?" in page("neurons", name)
+    for bad in ("", "x" * 101, None):
+        with pytest.raises(InterpError):
+            search_results(ctx, name, bad)
