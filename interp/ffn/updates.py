@@ -37,9 +37,9 @@ def check_position(position: int, n_tokens: int) -> int:
     return position % n_tokens
 
 
-def check_counts(top: int, n_tokens: int) -> None:
-    """Refuse fewer than one sub-update or token per list."""
-    for name, value in (("--top", top), ("--tokens", n_tokens)):
+def check_counts(**counts: int) -> None:
+    """Refuse any count (sub-updates or tokens per list) below one, naming it."""
+    for name, value in counts.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InterpError(f"{name} must be a whole number of 1 or more (got {value!r})")
 
@@ -127,6 +127,39 @@ def answer_readings(model, residuals: torch.Tensor, answer_id: int) -> tuple[tor
     return (probs > answer[:, None]).sum(-1), answer
 
 
+def _layer(model, layer: int, acts: dict[str, torch.Tensor], answer_id: int, top: int, n_tokens: int,
+           promote_k: int) -> tuple[dict, list[dict]]:
+    """One layer's row of `per_layer` and its `top` rows of `updates`, from its activations at the position."""
+    W_out = model.blocks[layer].mlp.W_out  # [d_mlp, d_model]: row i is value vector v_i
+    m = acts[mlp_post(layer)]  # [d_mlp]
+    norms = W_out.norm(dim=-1)
+    contribution = m * norms
+    order = contribution.abs().argsort(descending=True)
+    updates = m[:, None] * W_out  # [d_mlp, d_model]: sub-update i is m_i v_i
+    identity_error = (updates.sum(0) + model.blocks[layer].mlp.b_out - acts[mlp_out(layer)]).abs().max()
+
+    before = acts[resid_mid(layer)]
+    rank, prob = answer_readings(model, torch.stack([
+        before, acts[resid_post(layer)], before + updates[order[:promote_k]].sum(0)]), answer_id)
+    reading = {"layer": layer, "rank_before": int(rank[0]), "prob_before": float(prob[0]),
+               "rank_after": int(rank[1]), "prob_after": float(prob[1]), "rank_top": int(rank[2]),
+               "prob_top": float(prob[2]), "identity_error": float(identity_error)}
+
+    shown = order[:top]
+    extremes = vocab_extremes(model, W_out[shown], n_tokens)
+    scores = (readout(model, updates[shown]) @ model.W_U[:, answer_id]).tolist()
+    rows = []
+    for i, neuron in enumerate(shown.tolist()):
+        top_tokens, bottom_tokens = ([model.tokenizer.decode([t]) for t in extremes[side][i].tolist()]
+                                     for side in ("top_ids", "bottom_ids"))
+        coefficient = float(m[neuron])
+        rows.append({"layer": layer, "rank": i + 1, "neuron": neuron, "coefficient": coefficient,
+                     "value_norm": float(norms[neuron]), "contribution": float(contribution[neuron]),
+                     "answer_score": scores[i], "top_tokens": top_tokens, "bottom_tokens": bottom_tokens,
+                     "promotes": top_tokens if coefficient >= 0 else bottom_tokens})
+    return reading, rows
+
+
 @torch.no_grad()
 def ffn_updates(model, prompt: str, layers: list[int] | None = None, top: int = 10, position: int = -1,
                 target: str | None = None, n_tokens: int = 8, promote_k: int = PROMOTE_K) -> FFNResult:
@@ -138,8 +171,7 @@ def ffn_updates(model, prompt: str, layers: list[int] | None = None, top: int = 
     sub-updates per layer are listed with `n_tokens` top and bottom tokens each; `promote_k` (10, as in
     the paper) of them are added alone to the residual for the per-layer reading. See `FFNResult`.
     """
-    check_counts(top, n_tokens)
-    check_counts(promote_k, 1)
+    check_counts(top=top, n_tokens=n_tokens, promote_k=promote_k)
     layers = list(range(model.cfg.n_layers)) if layers is None else [check_layer(model, layer) for layer in layers]
     tokens = encode(model, prompt)
     position = check_position(position, tokens.shape[1])
@@ -149,38 +181,13 @@ def ffn_updates(model, prompt: str, layers: list[int] | None = None, top: int = 
     logits, cache = model.run_with_cache(tokens, names_filter=names)
     if answer_id is None:
         answer_id = int(logits[0, position].argmax())
-    direction = model.W_U[:, answer_id]
-
     rows, per_layer = [], []
     for layer in layers:
-        W_out = model.blocks[layer].mlp.W_out  # [d_mlp, d_model]: row i is value vector v_i
-        m = cache[mlp_post(layer)][0, position]  # [d_mlp]
-        norms = W_out.norm(dim=-1)
-        contribution = m * norms
-        order = contribution.abs().argsort(descending=True)
-        updates = m[:, None] * W_out  # [d_mlp, d_model]
-        identity_error = (updates.sum(0) + model.blocks[layer].mlp.b_out - cache[mlp_out(layer)][0, position]).abs()
-
-        before = cache[resid_mid(layer)][0, position]
-        chosen = order[:promote_k]
-        rank, prob = answer_readings(model, torch.stack([
-            before, cache[resid_post(layer)][0, position], before + updates[chosen].sum(0)]), answer_id)
-        per_layer.append({"layer": layer, "rank_before": int(rank[0]), "prob_before": float(prob[0]),
-                          "rank_after": int(rank[1]), "prob_after": float(prob[1]),
-                          "rank_top": int(rank[2]), "prob_top": float(prob[2]),
-                          "identity_error": float(identity_error.max())})
-
-        shown = order[:top]
-        extremes = vocab_extremes(model, W_out[shown], n_tokens)
-        scores = (readout(model, updates[shown]) @ direction).tolist()
-        for rank_i, neuron in enumerate(shown.tolist()):
-            top_tokens = [model.tokenizer.decode([i]) for i in extremes["top_ids"][rank_i].tolist()]
-            bottom_tokens = [model.tokenizer.decode([i]) for i in extremes["bottom_ids"][rank_i].tolist()]
-            coefficient = float(m[neuron])
-            rows.append({"layer": layer, "rank": rank_i + 1, "neuron": neuron, "coefficient": coefficient,
-                         "value_norm": float(norms[neuron]), "contribution": float(contribution[neuron]),
-                         "answer_score": scores[rank_i], "top_tokens": top_tokens, "bottom_tokens": bottom_tokens,
-                         "promotes": top_tokens if coefficient >= 0 else bottom_tokens})
+        acts = {name: cache[name][0, position] for name in (mlp_post(layer), mlp_out(layer), resid_mid(layer),
+                                                            resid_post(layer))}
+        reading, layer_rows = _layer(model, layer, acts, answer_id, top, n_tokens, promote_k)
+        per_layer.append(reading)
+        rows += layer_rows
     return FFNResult(
         model=getattr(model.cfg, "spec", model.cfg.model_name), prompt=prompt, tokens=str_tokens(model, tokens),
         position=position, answer=model.tokenizer.decode([answer_id]), answer_id=answer_id, promote_k=promote_k,
