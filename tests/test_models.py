@@ -24,6 +24,19 @@ def test_tiny_models_are_seeded():
     assert isinstance(a, HookedModel)
 
 
+def test_tiny_model_cache_is_keyed_on_what_draws_its_weights(monkeypatch):
+    """A new transformers (its initialisers draw the weights) or another config builds a new folder."""
+    import transformers
+
+    from interp.models import tiny
+
+    folder = resolve_spec("tiny-llama")
+    assert folder.name == f"tiny-llama-{tiny.cache_key('tiny-llama')}"
+    assert tiny.cache_key("tiny-llama") != tiny.cache_key("tiny-gpt2")
+    monkeypatch.setattr(transformers, "__version__", transformers.__version__ + ".post1")
+    assert f"tiny-llama-{tiny.cache_key('tiny-llama')}" != folder.name
+
+
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
 def test_every_hook_fires(fixture, request):
     model = request.getfixturevalue(fixture)

@@ -17,7 +17,7 @@ import os
 import sys
 
 from interp.cli.outputs import HTML, WORKSPACE, check_outputs, declare_outputs, html_paths
-from interp.cli.types import device
+from interp.cli.types import device, dtype
 from interp.errors import USER_ERRNOS, InterpError, file_error
 
 COMMAND_MODULES = [
@@ -50,6 +50,8 @@ def common_parser() -> argparse.ArgumentParser:
     common.add_argument("--model", default="smollm2-135m", help="model spec (default: smollm2-135m)")
     common.add_argument("--device", default="cpu", type=device, help="torch device: cpu, cuda, cuda:N, mps "
                         "(default: cpu)")
+    common.add_argument("--dtype", default="float32", type=dtype, help="model weights and activations: float32, "
+                        "bfloat16 or float16 (default: float32); fits, covariances and SAE training stay float32")
     common.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     common.add_argument("--workspace", default=None, help="save the result into this workspace folder")
     common.add_argument("--html", default=None, metavar="FILE",
@@ -72,7 +74,7 @@ def load_model_for(args):
     """The hooked model named by `--model`, loaded with progress on stderr."""
     from interp.models import load_model
 
-    return load_model(args.model, device=args.device)
+    return load_model(args.model, device=args.device, dtype=args.dtype)
 
 
 def _save(results, args, saved: list[str]) -> None:

@@ -1,4 +1,4 @@
-"""Argument types shared by every command: numbers checked for range and finiteness, and devices.
+"""Argument types shared by every command: numbers checked for range and finiteness, devices and dtypes.
 
 argparse calls these on the option's text (and on string defaults); a bad value becomes one usage
 line and exit 2 before anything runs. Every numeric option of every command uses one of them, so
@@ -90,4 +90,14 @@ def device(text: str) -> str:
     if match.group(1) is not None and int(match.group(1)) >= count:
         raise argparse.ArgumentTypeError(f"{text} does not exist: this machine has {count} CUDA device(s), "
                                          f"cuda:0..cuda:{count - 1}")
+    return text
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def dtype(text: str) -> str:
+    """A model dtype name: float32, bfloat16 or float16 (statistics that need precision stay float32 anyway)."""
+    if text not in DTYPES:
+        raise argparse.ArgumentTypeError(f"unknown dtype {text!r}; use {', '.join(DTYPES)}")
     return text

@@ -8,6 +8,7 @@ without folding or centering, so every activation equals the Hugging Face model'
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import os
 import shutil
@@ -70,7 +71,7 @@ def resolve_spec(spec: str) -> Path:
             print(f"converting {path.name} to float32 once (about 20 s)...", file=sys.stderr)
         return _build_atomically(folder, lambda tmp: gguf.convert_gguf(path, tmp))
     if spec in tiny.TINY_SPECS:
-        folder = cache_dir("models") / spec
+        folder = cache_dir("models") / f"{spec}-{tiny.cache_key(spec)}"
         return _build_atomically(folder, lambda tmp: tiny.write_tiny_model(spec, tmp))
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
@@ -161,9 +162,66 @@ def _load_hf_folder(folder: Path, dtype: torch.dtype, **model_kwargs):
     return model, tokenizer
 
 
-def load_model(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype: torch.dtype = torch.float32,
+def _safetensors_files(folder: Path) -> list[Path]:
+    """The folder's weight files (sharded: those its index names), or [] when it has none (a .bin folder)."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        import json
+
+        return [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    single = folder / "model.safetensors"
+    return [single] if single.is_file() else []
+
+
+def _load_hf_lean(folder: Path, dtype: torch.dtype):
+    """The Hugging Face model of `folder` in `dtype`, holding one copy of its weights at any time.
+
+    transformers memory-maps safetensors files: every page it reads stays resident until the files close,
+    so loading a float32 file as bfloat16 peaks at 1.5x the float32 size. Read with plain reads (safetensors'
+    pread backend) each tensor is cast on arrival and the peak is the weights in `dtype`. Folders of .bin
+    files load as transformers loads them.
+    """
+    files = _safetensors_files(folder)
+    if not files:
+        return _load_hf_folder(folder, dtype)
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    with _loading(folder):
+        config = AutoConfig.from_pretrained(folder)
+        if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+            return _load_hf_folder(folder, dtype)
+        readers = [safe_open(str(f), framework="pt", backend="pread") for f in files]
+        lazy = {name: r.get_slice(name) for r in readers for name in r.keys()}  # read as the model takes them
+        model = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)].from_pretrained(None, config=config, state_dict=lazy,
+                                                                          dtype=dtype)
+        del lazy, readers
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    model.eval()
+    return model, tokenizer
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """A model dtype from its name ("float32", "bfloat16", "float16") or itself; others are refused."""
+    if isinstance(dtype, str):
+        if dtype.removeprefix("torch.") not in DTYPES:
+            raise InterpError(f"unknown dtype {dtype!r}; use {', '.join(DTYPES)}")
+        return DTYPES[dtype.removeprefix("torch.")]
+    if dtype not in DTYPES.values():
+        raise InterpError(f"dtype {dtype} is not supported for models; use {', '.join(DTYPES)}")
+    return dtype
+
+
+def load_model(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype: torch.dtype | str = torch.float32,
                loader: str = "auto"):
-    """A hooked model for `spec`.
+    """A hooked model for `spec`, its weights in `dtype`
+    (float32, bfloat16 or float16, a torch dtype or its name) on `device`.
 
     A `HookedModel` (TransformerLens's `HookedTransformer`, with the fused fast paths) where TransformerLens
     converts the architecture, else a `BridgeModel` (TransformerLens's `TransformerBridge` around the Hugging Face
@@ -177,6 +235,7 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype: torch.dtyp
         torch.device(device)
     except RuntimeError as e:  # not to be taken for a broken model below
         raise InterpError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from e
+    dtype = as_dtype(dtype)
     if loader not in LOADERS:
         raise InterpError(f"unknown loader {loader!r}; use {', '.join(LOADERS)}")
     folder = resolve_spec(spec)
@@ -216,6 +275,19 @@ def _load_bridged(folder: Path, device: str, dtype: torch.dtype):
         return boot_bridge(folder, hf_model.to(device), tokenizer)
 
 
+def _return_freed_memory() -> None:
+    """Hand memory freed inside the C heap back to the system (glibc keeps it resident otherwise, so a model's
+    weights freed one by one while its copy fills would still count twice); a no-op without glibc."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # not glibc (macOS, Windows, musl)
+        pass
+
+
 def _load_hooked(folder: Path, cfg, device: str, dtype: torch.dtype):
     """A `HookedModel` with the fused fast paths, its weights converted from the Hugging Face model in `folder`."""
     from transformer_lens import loading_from_pretrained as loading
@@ -223,15 +295,24 @@ def _load_hooked(folder: Path, cfg, device: str, dtype: torch.dtype):
     from interp.models.fast import install_fast_paths
     from interp.models.hooked import HookedModel
 
-    hf_model, tokenizer = _load_hf_folder(folder, dtype)  # resolving again would re-hash a .gguf
+    hf_model, tokenizer = _load_hf_lean(folder, dtype)  # resolving again would re-hash a .gguf
     with _loading(folder), contextlib.redirect_stdout(io.StringIO()):  # TransformerLens prints while loading
         state = loading.get_pretrained_state_dict(_neutral_path(folder), cfg, hf_model=hf_model, dtype=dtype)
-        del hf_model
+        del hf_model  # its tensors now live on only as the state's views, each freed once loaded below
+        gc.collect()  # the Hugging Face modules hold reference cycles
+        cfg.init_weights = False  # every weight is overwritten: untouched (so unallocated) until then
         model = HookedModel(cfg, tokenizer, move_to_device=False, default_padding_side="right")
-        model.load_and_process_state_dict(
-            state, fold_ln=False, center_writing_weights=False, center_unembed=False,
-            fold_value_biases=False, refactor_factored_attn_matrices=False,
-        )
+        model.cfg.init_weights = True
+        if any("W_" in name and name not in state for name, _ in model.named_parameters()):
+            model.init_weights()  # TransformerLens fills a missing weight from the model, so it must be one
+        # As load_and_process_state_dict with every processing off, less its float32 round trip of the whole
+        # state (two extra copies at once), and one weight at a time, each freed once copied
+        state = model.fill_missing_keys(state)
+        for i, name in enumerate(list(state)):
+            model.load_state_dict({name: state.pop(name)}, strict=False)
+            if i % 16 == 15:
+                _return_freed_memory()
+        _return_freed_memory()
     with contextlib.redirect_stdout(io.StringIO()):  # and while moving devices
         model.to(device)
     install_fast_paths(model)

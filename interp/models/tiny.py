@@ -51,6 +51,17 @@ def _config(spec: str):
     )
 
 
+def cache_key(spec: str) -> str:
+    """What the weights of `spec` depend on, hashed: its config, the seed, and the torch and transformers
+    versions whose initialisers draw them. The cache folder is named by it, so a new version builds anew."""
+    import hashlib
+
+    import transformers
+
+    content = f"{_config(spec).to_json_string()}|{_SEED}|{torch.__version__}|{transformers.__version__}"
+    return hashlib.sha256(content.encode()).hexdigest()[:12]
+
+
 def write_tiny_model(spec: str, folder: Path) -> Path:
     """Build the seeded model `spec` and save it (weights + tokenizer) as a Hugging Face folder."""
     return write_random_model(_config(spec), folder)
