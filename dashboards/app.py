@@ -32,7 +32,7 @@ from typing import Any
 import flask
 from dash import Dash, Input, Output, dcc, html
 
-from dashboards import microscope_view, result_views  # noqa: F401  (register the dedicated result pages)
+from dashboards import microscope_view, outlier_views, probe_views, result_views  # noqa: F401  (register the dedicated result pages)
 from dashboards.attention import attention_page, register_attention_callbacks
 from dashboards.components import message, register_downloads
 from dashboards.context import Context

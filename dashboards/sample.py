@@ -86,16 +86,21 @@ def _edit(model) -> Result:
 
 
 def _probes(model, ws: Path) -> list[Result]:
+    from probes.checkpoints import probe_checkpoints
     from probes.collect import collect_activations
     from probes.datasets import load_dataset
     from probes.steering import steer
     from probes.sweep import sweep
+    from probes.trajectory import TrajectoryConfig, trajectory
 
     data = load_dataset("larger_than").subset(range(80))
     layers = list(range(model.cfg.n_layers))
     acts = collect_activations(model, data.texts, layers, progress=False)
-    return [sweep(acts, data, layers, ["logistic", "mass-mean"], folds=3, model=str(model.cfg.spec), progress=False),
-            steer(model, data, [1], n_eval=10, shots=2, answers=("A", "B"), suffix=" Then:", workspace=ws)]
+    spec = str(model.cfg.spec)
+    return [sweep(acts, data, layers, ["logistic", "mass-mean"], folds=3, model=spec, progress=False),
+            steer(model, data, [1], n_eval=10, shots=2, answers=("A", "B"), suffix=" Then:", workspace=ws),
+            trajectory(acts, data, layers, TrajectoryConfig(folds=3), model=spec, progress=False),
+            probe_checkpoints([spec], data, folds=3, progress=False)]
 
 
 def _steer(model) -> Result:
@@ -111,13 +116,22 @@ def _steer(model) -> Result:
 
 
 def _outliers(model) -> list[Result]:
+    import tempfile
+
     from interp.outliers import analyze_outliers
-    from interp.outliers.checkpoints import across_checkpoints
+    from interp.outliers.checkpoints import TrainConfig, across_checkpoints, train_checkpoints
+    from interp.outliers.dormant import domain_sinks
+    from interp.outliers.dynamics import massive_dynamics
 
     texts = ["A shorter prompt.", "Quietly, the small cat sat on a warm mat; then it slept until noon."]
     analysis = analyze_outliers(model, texts, ppl_tokens=128, seq_len=64)
-    checkpoints = across_checkpoints([str(model.cfg.spec)], max_tokens=128, batch_size=2, seq_len=64, ppl_tokens=128)
-    return [*analysis.results(), checkpoints]
+    domains = domain_sinks(model, max_tokens=64, batch_size=2, seq_len=32)
+    with tempfile.TemporaryDirectory() as tmp:  # seven checkpoints of a 2-layer Llama, six steps apart
+        cfg = TrainConfig(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, d_mlp=64, seq_len=32, batch_size=2,
+                          lr=1e-2, warmup=1)
+        train_checkpoints(tmp, steps=6, save_every=1, config=cfg)
+        checkpoints = across_checkpoints(tmp, max_tokens=64, batch_size=2, seq_len=32, ppl_tokens=64)
+    return [*analysis.results(), domains, checkpoints, massive_dynamics(checkpoints)]
 
 
 def _microscope(model) -> Result:

@@ -39,12 +39,17 @@ def auroc(scores: np.ndarray, labels: np.ndarray, z: float = Z95) -> tuple[float
 
 
 def classification_scores(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Accuracy (decision > 0) and AUROC, each with its 95% interval."""
-    correct = int(((scores > 0).astype(int) == labels).sum())
+    """Accuracy (decision > 0) and AUROC, each with its 95% interval, and F1 of label 1 (0 when no row is
+    predicted or labelled 1, as scikit-learn's `f1_score(zero_division=0)`)."""
+    predicted = (scores > 0).astype(int)
+    correct = int((predicted == labels).sum())
     lo, hi = wilson(correct, len(labels))
     auc, auc_lo, auc_hi = auroc(scores, labels)
+    hits = int(((predicted == 1) & (labels == 1)).sum())
+    misses = int((predicted != labels).sum())  # false positives + false negatives
     return {"accuracy": correct / len(labels), "accuracy_lo": lo, "accuracy_hi": hi,
-            "auroc": auc, "auroc_lo": auc_lo, "auroc_hi": auc_hi}
+            "auroc": auc, "auroc_lo": auc_lo, "auroc_hi": auc_hi,
+            "f1": 2 * hits / (2 * hits + misses) if hits else 0.0}
 
 
 def regression_scores(pred: np.ndarray, target: np.ndarray, z: float = Z95) -> dict[str, float]:

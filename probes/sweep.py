@@ -160,6 +160,14 @@ def check_methods(methods: Sequence[str], dataset: ProbeDataset) -> list[str]:
     return methods
 
 
+def check_classifiers(methods: Sequence[str], dataset: ProbeDataset, analysis: str) -> list[str]:
+    """`check_methods` for an analysis that needs classifiers (named in the error), so no ridge."""
+    methods = check_methods(methods, dataset)
+    if "ridge" in methods:
+        raise InterpError(f"{analysis} needs classifiers; pick --method from {', '.join(CLASSIFIERS)}")
+    return methods
+
+
 def sweep(acts: torch.Tensor, dataset: ProbeDataset, layers: Sequence[int], methods: Sequence[str],
           folds: int = 5, seed: int = 0, tests: dict[str, tuple[ProbeDataset, torch.Tensor]] | None = None,
           model: str = "", position: str = "last", progress: bool = True) -> ProbeSweepResult:

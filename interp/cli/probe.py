@@ -1,6 +1,8 @@
-"""`interp probe --dataset NAME|FILE`: linear probes per layer, generalisation, and steering with them."""
+"""`interp probe --dataset NAME|FILE`: linear probes per layer, generalisation, and steering with them;
+`--trajectory` follows each statement across the layers and fits a single-pass detector on that;
+`--checkpoints` tracks probe accuracy over training."""
 
-from interp.cli.types import finite_float, int_range, nonneg_int, positive_int
+from interp.cli.types import finite_float, float_range, int_range, nonneg_int, positive_float, positive_int
 
 
 def register(sub, common) -> None:
@@ -24,7 +26,35 @@ def register(sub, common) -> None:
     p.add_argument("--alpha", type=finite_float, default=1.0, help="multiple of the class-mean gap to add (default: 1)")
     p.add_argument("--steer-n", type=int_range(2), default=60, help="held-out statements to judge (default: 60)")
     p.add_argument("--answers", default=" True, False", help="the two answers, comma separated (default: ' True, False')")
+    p.add_argument("--trajectory", action="store_true",
+                   help="per statement: alignment to the true/false class means at each layer and drift between "
+                        "layers; a logistic detector on them vs the best single-layer probe on a held-out split")
+    p.add_argument("--holdout", type=float_range(0.0, 0.5, low_open=True), default=0.25,
+                   help="--trajectory: share of the groups held out (default: 0.25)")
+    p.add_argument("--no-center", action="store_true",
+                   help="--trajectory: take alignments of the raw states (default: minus the training mean)")
+    p.add_argument("--C", type=positive_float, default=1.0, help="--trajectory: detector's inverse L2 strength")
+    p.add_argument("--checkpoints", nargs="+", default=None, metavar="DIR",
+                   help="probe accuracy per layer at every checkpoint in this folder (or these model specs; "
+                        "ignores --model)")
     p.set_defaults(run=run)
+
+
+def check_modes(args) -> None:
+    """Refuse options that do not combine, before any data or model is read."""
+    from interp.errors import InterpError
+
+    if args.trajectory and args.checkpoints:
+        raise InterpError("--trajectory and --checkpoints are separate analyses; run them one at a time")
+    mode = "--trajectory" if args.trajectory else "--checkpoints" if args.checkpoints else None
+    if mode and args.steer:
+        raise InterpError(f"{mode} does not steer; drop --steer (run it without {mode})")
+    if mode and args.test:
+        raise InterpError(f"{mode} scores on its own held-out rows; drop --test")
+    only = [flag for flag, changed in (("--holdout", args.holdout != 0.25), ("--no-center", args.no_center),
+                                       ("--C", args.C != 1.0)) if changed]
+    if only and not args.trajectory:
+        raise InterpError(f"{only[0]} applies to --trajectory only; add --trajectory or drop it")
 
 
 def run(args):
@@ -35,7 +65,10 @@ def run(args):
     from probes.steering import check_steer, steer
     from probes.sweep import check_methods, probe_layers
 
+    check_modes(args)
     dataset = load_dataset(args.dataset)
+    if args.trajectory or args.checkpoints:
+        return _trajectory_or_checkpoints(args, dataset)
     tests = [load_dataset(name.strip()) for name in args.test.split(",") if name.strip()]
     method = args.method or ("logistic,mass-mean" if dataset.binary else "ridge")
     methods = check_methods([m.strip() for m in method.split(",") if m.strip()], dataset)
@@ -55,3 +88,26 @@ def run(args):
     steered = steer(model, dataset, steer_layers, args.steer_method, args.alpha, args.steer_n,
                     answers=answers, seed=args.seed, workspace=args.workspace)
     return [result, steered]
+
+
+def _trajectory_or_checkpoints(args, dataset):
+    """`--trajectory` or `--checkpoints`: checked (split, methods, folder) before the model loads."""
+    from interp.cli import load_model_for
+    from interp.hooks import parse_layers
+    from probes.collect import parse_position
+
+    position = parse_position(args.position)
+    methods = [m.strip() for m in (args.method or "logistic,mass-mean").split(",") if m.strip()]
+    if args.checkpoints:
+        from probes.checkpoints import probe_checkpoints
+
+        return probe_checkpoints(args.checkpoints, dataset, args.layers, methods, position, args.folds, args.seed,
+                                 args.batch_size, args.device, args.dtype)
+    from probes.trajectory import TrajectoryConfig, check_trajectory, probe_trajectory
+
+    config = TrajectoryConfig(holdout=args.holdout, folds=args.folds, seed=args.seed, center=not args.no_center,
+                              C=args.C)
+    methods = check_trajectory(dataset, config, methods)
+    model = load_model_for(args)
+    return probe_trajectory(model, dataset, parse_layers(model, args.layers), config, methods, position,
+                            args.batch_size, args.workspace)
