@@ -108,6 +108,28 @@ def write_csv(rows: list[Row], path: Path) -> None:
         writer.writerows(rows)
 
 
+def cooccurrence_corpus(path: str | Path, documents: int = 4000, per_document: int = 4, seed: int = 0) -> Path:
+    """A JSONL training corpus in which truth co-occurs (the setting of "Emergence of Linear Truth
+    Encodings"): each document holds `per_document` city statements, all true (the city's country) or
+    all false (a random other country each time), so a model lowers its loss on the later statements by
+    telling whether the earlier ones were true. For `python -m interp.outliers.checkpoints --corpus`."""
+    import json
+
+    rng = random.Random(seed)
+    countries = list(sources.CITIES)
+    places = [(city, country) for country, cities in sources.CITIES.items() for city in cities]
+    path = Path(path)
+    with path.open("w", encoding="utf-8") as f:
+        for _ in range(documents):
+            true = rng.random() < 0.5
+            lines = []
+            for city, country in rng.sample(places, per_document):
+                stated = country if true else rng.choice([c for c in countries if c != country])
+                lines.append(f"The city of {city} is in {stated}.")
+            f.write(json.dumps({"text": " ".join(lines)}) + "\n")
+    return path
+
+
 def main() -> None:
     DATA_DIR.mkdir(exist_ok=True)
     for name, build in BUILDERS.items():
