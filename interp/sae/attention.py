@@ -130,13 +130,15 @@ def source_terms(pattern_: torch.Tensor, v: torch.Tensor, w: torch.Tensor, dests
 @torch.no_grad()
 def attention_inputs(model, tokens: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(pattern [B, heads, S, S], v [B, S, heads, d_head] with the KV heads shared out, z [B, S, heads, d_head])
-    of `layer` on `tokens`; raises when z is not pattern x value there (an attention this split does not cover)."""
+    of `layer` on `tokens`, in float32; raises when z is not pattern x value there (an attention this split does
+    not cover)."""
     names = {attn_z(layer), attn_v(layer), pattern(layer)}
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names, stop_at_layer=layer + 1)
-    p, v, z = cache[pattern(layer)], cache[attn_v(layer)], cache[attn_z(layer)]
+    eps = max(torch.finfo(cache[attn_z(layer)].dtype).eps, 1e-6)  # half-precision models round more
+    p, v, z = (cache[name].float() for name in (pattern(layer), attn_v(layer), attn_z(layer)))
     v = v.repeat_interleave(z.shape[2] // v.shape[2], dim=2)  # head h reads KV head h // group, as the model does
     rebuilt = torch.einsum("bhds,bshe->bdhe", p, v)
-    if not torch.allclose(rebuilt, z, rtol=1e-3, atol=1e-4 * float(z.abs().max()) + 1e-6):
+    if not torch.allclose(rebuilt, z, rtol=1e-3, atol=100 * eps * float(z.abs().max()) + 1e-6):
         raise InterpError(f"layer {layer}'s attention output is not pattern x value at {attn_v(layer)}; "
                           "head attribution does not cover this model's attention")
     return p, v, z
