@@ -216,6 +216,6 @@ def _read_out(model, final: torch.Tensor, read_ids: torch.Tensor, rows: int = 64
     """
     out = []
     for block in final.split(rows):
-        logits = model.unembed(model.ln_final(block[:, None]))[:, 0]  # [rows, vocab]
+        logits = model.unembed(model.ln_final(block[:, None]))[:, 0].float()  # [rows, vocab], float32 in any dtype
         out.append(torch.cat([logits[:, read_ids], logits.logsumexp(-1, keepdim=True)], dim=-1))
     return torch.cat(out)

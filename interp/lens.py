@@ -94,7 +94,7 @@ def logit_lens(model, prompt: str, target: str | None = None, k: int = 5) -> Len
 
     resid = torch.stack([cache[f"blocks.{l}.hook_resid_pre"][0] for l in range(L)]
                         + [cache[f"blocks.{L - 1}.hook_resid_post"][0]])  # [L+1, T, d]
-    probs = model.unembed(model.ln_final(resid)).softmax(-1)  # each layer normalised by its own scale
+    probs = model.unembed(model.ln_final(resid)).float().softmax(-1)  # each layer normalised by its own scale
     last = probs[:, -1]
     answer_prob = last[:, answer_id]
     answer_rank = (last > answer_prob[:, None]).sum(-1)
@@ -104,7 +104,7 @@ def logit_lens(model, prompt: str, target: str | None = None, k: int = 5) -> Len
     stack, labels = cache.decompose_resid(layer=-1, pos_slice=-1, return_labels=True)
     stack = cache.apply_ln_to_stack(stack, layer=-1, pos_slice=-1)  # [components, 1, d]
     direction = model.tokens_to_residual_directions(torch.tensor(answer_id))
-    dla = stack[:, 0] @ direction
+    dla = stack[:, 0].float() @ direction.float()  # float32 whatever the model's dtype
     return LensResult(
         model=getattr(model.cfg, "spec", model.cfg.model_name),
         prompt=prompt,

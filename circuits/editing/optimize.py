@@ -138,7 +138,7 @@ def _optimize_chunk(model, requests, sites, templates, settings: ValueSettings) 
                 init[:, index] = act[first_row, batch.lookup[first_row]].detach()
                 recorded[index] = True
             act = act.clone()
-            act[rows, batch.lookup] = act[rows, batch.lookup] + delta[owner, index]
+            act[rows, batch.lookup] = (act[rows, batch.lookup] + delta[owner, index]).to(act.dtype)  # delta: float32
             return act
         return hook
 
@@ -158,7 +158,7 @@ def _optimize_chunk(model, requests, sites, templates, settings: ValueSettings) 
                 final = model(resid, start_at_layer=start, stop_at_layer=model.cfg.n_layers)
             # unembed only the positions the loss reads
             picked = model.ln_final(final[read_rows, read_pos][:, None])
-            log_probs = model.unembed(picked)[:, 0].log_softmax(-1).cpu()  # [N, V]
+            log_probs = model.unembed(picked)[:, 0].float().log_softmax(-1).cpu()  # [N, V], float32 in any dtype
             kl_lp = log_probs[~is_target]  # [R, V]: the token after the subject in "{subject} is a"
             if kl_init is None:
                 kl_init = kl_lp.detach()

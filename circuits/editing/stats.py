@@ -103,8 +103,8 @@ def second_moments(
         for layer, s in state.items():
             if index < int(s["batches"]):
                 continue  # this layer already counted the batch in an earlier run
-            keys = acts[key_hook(layer)].reshape(-1, model.cfg.d_mlp).float().cpu()
-            s["mom2"] += (keys.T @ keys).double()  # one batch in float32, the running sum in float64
+            keys = acts[key_hook(layer)].reshape(-1, model.cfg.d_mlp).float()
+            s["mom2"] += (keys.T @ keys).double().cpu()  # one batch in float32 on the model's device, the sum in float64
             s["count"] += keys.shape[0]
             s["batches"] += 1
         if (index + 1) % SAVE_EVERY == 0:

@@ -123,7 +123,7 @@ def _decoder_in_residual(model, sae, hook: str, hook_out: str | None) -> torch.T
     target = hook_out or hook
     if target.endswith("hook_z"):
         layer = int(target.split(".")[1])
-        w_o = model.blocks[layer].attn.W_O.detach()  # [heads, d_head, d_model]
+        w_o = model.blocks[layer].attn.W_O.detach().to(w.dtype)  # [heads, d_head, d_model], in the SAE's float32
         return torch.einsum("fhd,hdm->fm", w.reshape(w.shape[0], *w_o.shape[:2]), w_o)
     return w if w.shape[1] == model.cfg.d_model else None
 
@@ -135,7 +135,7 @@ def logit_table(model, sae, hook: str, hook_out: str | None, vocab: np.ndarray, 
     directions = _decoder_in_residual(model, sae, hook, hook_out)
     if directions is None:
         return None
-    w_u = model.W_U.detach().to(directions.device)
+    w_u = model.W_U.detach().to(directions.device, directions.dtype)  # the SAE's float32 in any model dtype
     out: dict[str, list] = {"top_logits": [], "top_logit_values": [], "bottom_logits": [], "bottom_logit_values": []}
     for start in range(0, directions.shape[0], feature_batch):
         logits = directions[start:start + feature_batch] @ w_u

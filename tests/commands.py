@@ -1,0 +1,80 @@
+"""One short run of every `interp` command, for the dtype, device and GPU checks (tests/test_dtype.py,
+tests/test_cuda.py, benchmarks/gpu.py): the same argument lines on every model, small enough to run in
+seconds on a tiny model and in about a minute on the default one (CPU)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from interp.cli import main
+
+PROMPT = "The Eiffel Tower is located in the city of"
+
+
+def command_lines(work: Path, layer: int) -> list[tuple[str, list[str]]]:
+    """(name, argv) of every command, in order (SAE training before the commands that read its SAEs);
+    `work` is an empty folder for their files, `layer` a middle layer of the model."""
+    sae, tc, ws = str(work / "sae"), str(work / "transcoders"), str(work / "ws")
+    small = ["--batch-tokens", "256", "--buffer-tokens", "2048", "--lm-batch-size", "8", "--seq-len", "64",
+             "--checkpoint-every", "0"]
+    return [
+        ("info", ["info"]),
+        ("lens", ["lens", PROMPT, "--top", "5"]),
+        ("trace", ["trace", PROMPT, "--subject", "Eiffel Tower", "--samples", "4", "--window", "2"]),
+        ("patch", ["patch", "--clean", "The capital of Spain is", "--corrupt", "The capital of Italy is"]),
+        ("edit", ["edit", "--subject", "The Eiffel Tower", "--prompt", "{} is located in the city of",
+                  "--target", " Rome", "--layers", str(layer), "--generations", "0", "--stats-tokens", "10000"]),
+        ("sae train", ["sae", "train", "--hook", f"blocks.{layer}.hook_resid_post", "--tokens", "4096",
+                       "--expansion", "2", "--k", "8", *small, "--out", sae]),
+        ("sae eval", ["sae", "eval", sae, "--tokens", "1024"]),
+        ("sae features", ["sae", "features", sae, "--tokens", "2048", "--workspace", ws]),
+        ("transcoders", ["sae", "train", "--layers", "all", "--hook", "blocks.{l}.ln2.hook_normalized",
+                         "--hook-out", "blocks.{l}.hook_mlp_out", "--tokens", "2048", "--expansion", "2", "--k", "8",
+                         *small, "--out", tc]),
+        ("graph", ["graph", "The capital of France is", "--transcoders", tc]),
+        ("probe", ["probe", "--dataset", "cities", "--layers", str(layer), "--folds", "2"]),
+        ("outliers", ["outliers", "--tokens", "512", "--seq-len", "64", "--ppl-tokens", "0"]),
+        ("steer", ["steer", PROMPT, "--vector", f"feature:{sae}:0", "--coef", "0,4", "--max-new-tokens", "6",
+                   "--neutral", "2"]),
+        ("ffn", ["ffn", PROMPT, "--layer", str(layer), "--top", "5"]),
+        ("microscope", ["microscope", PROMPT, "--reference-tokens", "512", "--steps", "20"]),
+    ]
+
+
+def run_json(argv: list[str], capsys) -> dict:
+    """Run one command line with --json; its printed object (fails the test on a non-zero exit)."""
+    code = main([*argv, "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, f"{' '.join(argv)} exited {code}: {err.strip().splitlines()[-1:]}"
+    return json.loads(out)
+
+
+def numbers(payload, path: str = "") -> dict[str, float]:
+    """Every number in a JSON payload by its path (lists by index); booleans and strings are left out."""
+    if isinstance(payload, dict):
+        return {k: v for key, value in payload.items() for k, v in numbers(value, f"{path}.{key}").items()}
+    if isinstance(payload, list):
+        return {k: v for i, value in enumerate(payload) for k, v in numbers(value, f"{path}[{i}]").items()}
+    if isinstance(payload, (int, float)) and not isinstance(payload, bool):
+        return {path: float(payload)}
+    return {}
+
+
+def agreement(a: dict, b: dict, rtol: float, skip: tuple[str, ...] = ("seconds", "tokens_per_s", "memory", "saved",
+                                                                      "out", "folder", "path")) -> float:
+    """Share of the numbers two payloads have in common that agree within `rtol` of the larger magnitude
+    (timings, memory and paths left out); 1.0 when they share none."""
+    na, nb = numbers(a), numbers(b)
+    common = [k for k in na.keys() & nb.keys() if not any(s in k for s in skip)]
+    if not common:
+        return 1.0
+    scale = max(1e-6, max(abs(na[k]) for k in common))  # a payload-wide floor for values near zero
+
+    def close(x: float, y: float) -> bool:
+        if math.isnan(x) or math.isnan(y):
+            return math.isnan(x) and math.isnan(y)
+        return abs(x - y) <= rtol * max(abs(x), abs(y), 1e-3 * scale)
+
+    return sum(close(na[k], nb[k]) for k in common) / len(common)
