@@ -167,7 +167,8 @@ def test_cli_attributes_one_prompt_and_refuses_bad_requests_before_the_model(cap
     train(tiny_llama, tiny_cfg(hook="blocks.1.hook_resid_post", tokens=512, norm_tokens=256, buffer_tokens=256), resid)
     def refuse(*args, **kwargs):
         raise AssertionError("the model loaded before the bad input was refused")
-    for bad, words in (([str(resid), PROMPT, "--feature", "0"], "hook_z"),
+    for bad, words in (([str(z_sae), PROMPT], "needs --feature"),
+                       ([str(resid), PROMPT, "--feature", "0"], "hook_z"),
                        ([str(z_sae), PROMPT, "--feature", "256"], "feature 256 is out of range"),
                        ([str(z_sae), PROMPT, "--feature", "0", "--position", "99"], "position 99 is out of range")):
         if "position" not in words:

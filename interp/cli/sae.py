@@ -79,8 +79,8 @@ def register(sub, common) -> None:
                            help="attention-output SAE: which heads and earlier tokens one feature activation reads from")
     a.add_argument("dir", help="SAE folder trained on blocks.L.attn.hook_z")
     a.add_argument("prompt")
-    a.add_argument("--feature", type=nonneg_int, required=True, help="the SAE feature (latent index)")
-    a.add_argument("--position", type=int, default=None,
+    a.add_argument("--feature", type=nonneg_int, default=None, help="the SAE feature (latent index; required)")
+    a.add_argument("--position", type=int_range(None), default=None,
                    help="destination token (negative counts from the end; default: where the feature is largest)")
     a.set_defaults(run=run_attribute)
 
@@ -174,9 +174,12 @@ def run_features(args):
 
 def run_attribute(args):
     from interp.cli import load_model_for
+    from interp.errors import InterpError
     from interp.sae import load_sae
     from interp.sae.attention import attn_layer, attribute_feature, check_feature
 
+    if args.feature is None:  # checked here, after the output destinations, rather than by argparse
+        raise InterpError("interp sae attribute needs --feature F, the latent to attribute")
     sae = load_sae(args.dir, device=args.device)
     attn_layer(sae)  # the hook and the feature are checked before the model loads
     check_feature(sae, args.feature)
