@@ -6,6 +6,10 @@ selected layer as small uint8 heatmaps (an overview, click a head to open it), o
 precision, plus one [T, T] pattern as base64 uint16 that `assets/attention.js` uses to shade tokens
 on hover without a round trip. Saved patterns (`AttentionResult`) are read layer by layer from the
 safetensors file, never loaded whole.
+
+Besides this head view, the page has bertviz's two other scales (Vig 2019): the model view (every layer
+x head as one image of thumbnails, `attention_model.py`; clicking one opens it in the head view) and the
+neuron view (q, k, q*k and the softmax row for one query and one key token, `attention_neuron.py`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ import torch
 from dash import ClientsideFunction, Dash, Input, Output, State, ctx as callback_ctx, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
-from dashboards.components import graph, message, token_strip
+from dashboards.attention_model import ModelView, all_layer_patterns
+from dashboards.attention_neuron import NeuronView, layer_qk
+from dashboards.components import display_token, frame_table, graph, message, token_strip
 from dashboards.context import Context
 from dashboards.figures import attention_heatmap, attention_multiples, sink_map
 from dashboards.views import (
@@ -44,6 +50,9 @@ from interp.tokens import encode, str_tokens
 from interp.workspace import Entry, Workspace
 
 FIG_KEY = "attention"
+MODEL_FIG_KEY = "attention-model"
+NEURON_FIG_KEY = "attention-neuron"
+VIEWS = {"head": "head view", "model": "model view (all layers x heads)", "neuron": "neuron view (q, k, q*k)"}
 MAX_SAVED_OPTIONS = 200
 MAX_TOKENS = 512  # a layer is heads x T x T cells; beyond this the page would stall
 
@@ -85,10 +94,9 @@ class AttentionResult(Result):
 def attention_patterns(model, prompt: str) -> AttentionResult:
     """All attention patterns of `prompt` (float16), ready to `.save(workspace)`."""
     tokens = encode(model, prompt)
-    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_pattern"))
-    stack = torch.stack([cache[pattern(layer)][0] for layer in range(model.cfg.n_layers)])
+    stack = torch.from_numpy(np.stack(all_layer_patterns(model, tokens)))
     return AttentionResult(model=getattr(model.cfg, "spec", model.cfg.model_name), prompt=prompt,
-                           tokens=str_tokens(model, tokens), pattern=stack.half().cpu())
+                           tokens=str_tokens(model, tokens), pattern=stack.half())
 
 
 @torch.no_grad()
@@ -164,7 +172,48 @@ def source_layer(ctx: Context, source: dict[str, Any], layer: int) -> np.ndarray
         with ctx.model_lock:
             return layer_pattern(model, encode(model, source["prompt"]), layer)
 
-    return ctx.cache.get(("attn-live", ctx.model_spec, source["prompt"], layer), compute)
+    return ctx.cache.get(_live_key(ctx, source, layer), compute)
+
+
+def _live_key(ctx: Context, source: dict[str, Any], layer: int) -> tuple:
+    return "attn-live", ctx.model_spec, source["prompt"], layer
+
+
+def source_layers(ctx: Context, source: dict[str, Any]) -> list[np.ndarray]:
+    """Every layer's [heads, T, T] float32 of a source. A live prompt runs ONE forward pass for all layers
+    and leaves each layer in the cache `source_layer` reads, so opening a head from the model view needs
+    no further pass."""
+    if source["type"] != "live":
+        return [source_layer(ctx, source, layer) for layer in range(source["n_layers"])]
+    model = ctx.model()
+    with ctx.model_lock:
+        layers = all_layer_patterns(model, encode(model, source["prompt"]))
+    return [ctx.cache.get(_live_key(ctx, source, layer), lambda p=p: p) for layer, p in enumerate(layers)]
+
+
+def source_model_view(ctx: Context, source: dict[str, Any], show_first: bool) -> ModelView:
+    """The model view of a source (cached per source and first-token setting)."""
+    key = ("attn-model", source["type"], source.get("name"), ctx.model_spec, source["prompt"], show_first)
+    return ctx.cache.get(key, lambda: ModelView.of(source_layers(ctx, source), show_first=show_first))
+
+
+def source_neuron_view(ctx: Context, source: dict[str, Any], layer: int, query: int, key: int) -> NeuronView:
+    """The neuron view of a source's prompt on the live model (saved patterns hold no q or k); the layer's
+    q, k, scores and pattern are cached, so other tokens need no forward pass."""
+    model = ctx.model()
+
+    def compute() -> tuple:
+        tokens = encode(model, source["prompt"])
+        with ctx.model_lock:
+            return layer_qk(model, tokens, layer), str_tokens(model, tokens)
+
+    qk, tokens = ctx.cache.get(("attn-qk", ctx.model_spec, source["prompt"], layer), compute)
+    return NeuronView.select(qk, tokens, query, key)
+
+
+def token_options(tokens: list[str]) -> list[dict[str, Any]]:
+    """Dropdown options 'i: token' (shown as text) with the position as value."""
+    return [{"label": f"{i}: {display_token(t)}", "value": i} for i, t in enumerate(tokens)]
 
 
 def saved_options(ctx: Context) -> list[dict[str, str]]:
@@ -193,6 +242,11 @@ def encode_pattern(p: np.ndarray) -> str:
 def attention_page(ctx: Context, query: dict[str, str]) -> list[Any]:
     prompt = query.get("prompt", "")
     saved = f"saved:{query['saved']}" if query.get("saved") else None
+    view = query.get("view") if query.get("view") in VIEWS else "head"
+
+    def box(name: str, children: list[Any]) -> html.Div:
+        return html.Div(id=f"attn-{name}-box", children=children, style=None if view == name else {"display": "none"})
+
     note = None if ctx.has_model else message(
         "No model is loaded, so typed prompts cannot run; open saved patterns below, or start the dashboard "
         "with --model SPEC.")
@@ -207,6 +261,8 @@ def attention_page(ctx: Context, query: dict[str, str]) -> list[Any]:
         dcc.Dropdown(id="attn-saved", options=saved_options(ctx), value=saved, placeholder="or open a saved one",
                      className="wide"),
         html.Div(id="attn-status", className="status"),
+        dcc.RadioItems(id="attn-view", value=view, inline=True, className="views",
+                       options=[{"label": label, "value": value} for value, label in VIEWS.items()]),
         html.Div(className="controls", children=[
             html.Label("layer"), dcc.Slider(id="attn-layer", min=0, max=1, step=1, value=0),
             html.Label("head"), dcc.RadioItems(id="attn-head", options=[{"label": "all", "value": "all"}],
@@ -218,14 +274,26 @@ def attention_page(ctx: Context, query: dict[str, str]) -> list[Any]:
                 {"label": "hover: what attends to the token", "value": "to"}]),
         ]),
         html.Div(id="attn-tokens", className="strip-box"),
-        html.Div(id="attn-hover-info", className="muted"),
-        dcc.Loading(graph({}, FIG_KEY)),
+        box("head", [html.Div(id="attn-hover-info", className="muted"), dcc.Loading(graph({}, FIG_KEY))]),
+        box("model", [html.P("Every head of every layer, pooled to a thumbnail (block maxima) and scaled to its own "
+                             "largest weight; click one to open it in the head view.", className="muted"),
+                      dcc.Loading(graph({}, MODEL_FIG_KEY))]),
+        box("neuron", [
+            html.Div(className="row", children=[
+                html.Label("query token"), dcc.Dropdown(id="attn-query", clearable=False, className="token-pick"),
+                html.Label("key token"), dcc.Dropdown(id="attn-key", clearable=False, className="token-pick")]),
+            html.Div(id="attn-neuron-status", className="status"),
+            dcc.Loading(graph({}, NEURON_FIG_KEY)),
+            html.Div(id="attn-neuron-table"),
+        ]),
         dcc.Store(id="attn-source"), dcc.Store(id="attn-hover"), html.Div(id="attn-js-sink", hidden=True),
     ]
 
 
 def register_attention_callbacks(app: Dash, ctx: Context) -> None:
     fig_id = {"type": "fig", "index": FIG_KEY}
+    model_fig_id = {"type": "fig", "index": MODEL_FIG_KEY}
+    neuron_fig_id = {"type": "fig", "index": NEURON_FIG_KEY}
 
     @app.callback(Output("attn-source", "data"), Output("attn-status", "children"), Output("attn-prompt", "value"),
                   Output("attn-layer", "max"), Output("attn-layer", "marks"), Output("attn-head", "options"),
@@ -279,12 +347,78 @@ def register_attention_callbacks(app: Dash, ctx: Context) -> None:
         data = {"T": int(hover.shape[0]), "b64": encode_pattern(hover), "first": show_first, "label": hover_label}
         return fig, data
 
-    @app.callback(Output("attn-head", "value"), Input(fig_id, "clickData"), State("attn-head", "value"),
+    @app.callback(Output("attn-head", "value"), Output("attn-layer", "value"), Output("attn-view", "value"),
+                  Input(fig_id, "clickData"), Input(model_fig_id, "clickData"), State("attn-head", "value"),
                   prevent_initial_call=True)
-    def open_head(click, head):
+    def open_head(click, model_click, head):
+        """A click on a head of the layer's multiples opens that head; one on a model-view thumbnail (the
+        heatmap over the image, trace 1) opens its layer and head in the head view."""
+        if callback_ctx.triggered_id == model_fig_id:
+            point = ((model_click or {}).get("points") or [{}])[0]
+            if point.get("curveNumber") != 1 or not all(isinstance(point.get(a), int) for a in "xy"):
+                raise PreventUpdate
+            return str(point["x"]), point["y"], "head"
         if head not in (None, "all") or not click or not click.get("points"):
             raise PreventUpdate
-        return str(click["points"][0]["curveNumber"])
+        return str(click["points"][0]["curveNumber"]), no_update, no_update
+
+    @app.callback(Output(model_fig_id, "figure"), Input("attn-source", "data"), Input("attn-view", "value"),
+                  Input("attn-first", "value"))
+    def show_model_view(source, view, first):
+        if not source or view != "model":
+            raise PreventUpdate
+        try:
+            return source_model_view(ctx, source, "show" in (first or [])).figure()
+        except InterpError as e:
+            return go.Figure(layout={"title": escape_label(str(e))})
+
+    @app.callback(Output("attn-query", "options"), Output("attn-query", "value"), Input("attn-source", "data"))
+    def query_options(source):
+        if not source:
+            raise PreventUpdate
+        return token_options(source["tokens"]), len(source["tokens"]) - 1
+
+    @app.callback(Output("attn-key", "options"), Output("attn-key", "value"), Input("attn-query", "value"),
+                  Input(neuron_fig_id, "clickData"), State("attn-key", "value"), State("attn-source", "data"))
+    def key_options(query, click, key, source):
+        """Keys 0..query; a click on the softmax row (trace 3, x = 'j:token') picks key j."""
+        if not source or query is None:
+            raise PreventUpdate
+        if callback_ctx.triggered_id == neuron_fig_id:
+            point = ((click or {}).get("points") or [{}])[0]
+            if point.get("curveNumber") != 3 or not str(point.get("x", "")).partition(":")[0].isdigit():
+                raise PreventUpdate
+            return no_update, int(str(point["x"]).partition(":")[0])
+        query = int(query)
+        return token_options(source["tokens"][:query + 1]), key if key is not None and key <= query else max(query - 1, 0)
+
+    @app.callback(Output(neuron_fig_id, "figure"), Output("attn-neuron-table", "children"),
+                  Output("attn-neuron-status", "children"), Input("attn-source", "data"), Input("attn-view", "value"),
+                  Input("attn-layer", "value"), Input("attn-head", "value"), Input("attn-query", "value"),
+                  Input("attn-key", "value"))
+    def show_neuron_view(source, view, layer, head, query, key):
+        if not source or view != "neuron" or query is None or key is None:
+            raise PreventUpdate
+        try:
+            nv = source_neuron_view(ctx, source, int(layer or 0), int(query), int(key))
+        except InterpError as e:
+            return go.Figure(), None, message(str(e), "error")
+        n_heads, n_kv = len(nv.kv_head), len(set(nv.kv_head.tolist()))
+        heads = None if head in (None, "all") or int(head) >= n_heads else [int(head)]
+        notes = [f"layer {nv.layer}: score = sum(q * k) / {nv.scale:.4g}; the table sets it beside the model's "
+                 "own score (hook_attn_scores) and the key's weight in the softmax row."]
+        if nv.rotary:
+            notes.append("q and k are shown after the rotary position embedding (hook_rot_q, hook_rot_k).")
+        if n_kv < n_heads:
+            notes.append(f"Grouped-query attention: {n_heads} query heads share {n_kv} key heads "
+                         f"({n_heads // n_kv} each); 'k' in a row's name is the key head it reads.")
+        if source["type"] == "saved":
+            notes.append("Saved patterns hold no q or k: these come from the loaded model on the saved prompt.")
+        return nv.figure(heads), frame_table(nv.to_frame(), NEURON_FIG_KEY), " ".join(notes)
+
+    app.clientside_callback(ClientsideFunction("interp", "showAttentionView"), Output("attn-head-box", "style"),
+                            Output("attn-model-box", "style"), Output("attn-neuron-box", "style"),
+                            Input("attn-view", "value"))
 
     app.clientside_callback(ClientsideFunction("interp", "setAttention"), Output("attn-js-sink", "title"),
                             Input("attn-hover", "data"), Input("attn-mode", "value"))

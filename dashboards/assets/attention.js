@@ -54,6 +54,10 @@
         state = data ? {T: data.T, p: decode(data), first: data.first, label: data.label, mode: mode} : null;
         clear();
         return data ? data.label + " (" + mode + ")" : "";
+      },
+      showAttentionView: function (view) {
+        /* head, model and neuron view boxes: only the chosen one is displayed */
+        return ["head", "model", "neuron"].map(function (v) { return v === view ? {} : {display: "none"}; });
       }
     }
   });
