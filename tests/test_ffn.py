@@ -163,6 +163,9 @@ def test_table_is_cached_and_rebuilt_when_its_weights_change():
     assert path.is_file() and first.seconds > 0
     again = neuron_table(model, progress=False)
     assert again.seconds == 0 and again.weights == first.weights and again.table.equals(first.table)
+    path.write_bytes(b"not parquet")  # a damaged cache file is built again
+    rebuilt = neuron_table(model, progress=False)
+    assert rebuilt.seconds > 0 and rebuilt.table.equals(first.table) and neuron_table(model).seconds == 0
 
     with torch.no_grad():
         model.blocks[0].attn.W_Q.data.mul_(2)  # not read by the table: the cached one still holds

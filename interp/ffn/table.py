@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -93,24 +94,17 @@ def build_table(model, k: int = TABLE_TOKENS) -> pd.DataFrame:
     frames = []
     for layer, block in enumerate(model.blocks):
         W_out = block.mlp.W_out.detach()
-        ext = vocab_extremes(model, W_out, k)
-        frames.append(pd.DataFrame({
-            "layer": np.full(W_out.shape[0], layer, dtype=np.int32),
-            "neuron": np.arange(W_out.shape[0], dtype=np.int32),
-            "value_norm": W_out.norm(dim=-1).float().cpu().numpy(),
-            **{f"{side}_{what}": _column(ext[f"{side}_{'scores' if what == 'scores' else 'ids'}"],
-                                         vocab if what == "tokens" else None)
-               for side in ("top", "bottom") for what in ("ids", "tokens", "scores")},
-        }))
+        extremes = vocab_extremes(model, W_out, k)
+        columns = {"layer": np.full(W_out.shape[0], layer, dtype=np.int32),
+                   "neuron": np.arange(W_out.shape[0], dtype=np.int32),
+                   "value_norm": W_out.norm(dim=-1).float().cpu().numpy()}
+        for side in ("top", "bottom"):
+            ids = extremes[f"{side}_ids"].numpy().astype(np.int32)
+            columns[f"{side}_ids"] = list(ids)
+            columns[f"{side}_tokens"] = list(vocab[ids])
+            columns[f"{side}_scores"] = list(extremes[f"{side}_scores"].numpy().astype(np.float32))
+        frames.append(pd.DataFrame(columns))
     return pd.concat(frames, ignore_index=True)
-
-
-def _column(values: torch.Tensor, vocab: np.ndarray | None) -> list[np.ndarray]:
-    """Rows of a [n, k] tensor as arrays: int32 ids, float32 scores, or (with `vocab`) the ids' texts."""
-    array = values.numpy()
-    if vocab is not None:
-        return list(vocab[array])
-    return list(array.astype(np.int32 if array.dtype.kind == "i" else np.float32))
 
 
 def table_path(weights: str, k: int = TABLE_TOKENS) -> Path:
@@ -126,13 +120,16 @@ def neuron_table(model, progress: bool = True) -> NeuronTable:
     spec = str(getattr(model.cfg, "spec", model.cfg.model_name))
     sizes = dict(n_layers=model.cfg.n_layers, d_mlp=model.cfg.d_mlp)
     if path.is_file():
-        return NeuronTable(model=spec, weights=weights, seconds=0.0, table=pd.read_parquet(path), **sizes)
+        try:
+            return NeuronTable(model=spec, weights=weights, seconds=0.0, table=pd.read_parquet(path), **sizes)
+        except (OSError, ValueError) as e:  # a damaged cache file is built again
+            print(f"rebuilding the damaged neuron table {path.name} ({type(e).__name__})", file=sys.stderr)
     if progress:
         print(f"building the neuron table ({model.cfg.n_layers} x {model.cfg.d_mlp} neurons) once...", file=sys.stderr)
     start = time.perf_counter()
     table = build_table(model)
     seconds = time.perf_counter() - start
-    tmp = path.with_suffix(f".tmp{id(table)}")
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
     table.to_parquet(tmp)
     tmp.replace(path)  # atomic: a reader never sees half a table
     return NeuronTable(model=spec, weights=weights, seconds=seconds, table=table, **sizes)
