@@ -279,11 +279,14 @@ def test_default_model_zero_breaks_it_and_mean_does_not(smollm_outliers):
 
 
 @pytest.mark.real
-def test_default_model_secondary_sinks_start_early(smollm_outliers):
-    """They start in the first few layers, long before the first token's massive activation (layer 12).
+def test_default_model_secondary_sinks_come_from_mlp_2(smollm_outliers):
+    """Counted only where a head sinks on the first token and only for other token ids, they appear
+    from hidden state 3 on, written by MLP block 2 at 10-35x the norm it writes into other tokens.
 
-    Median start layer measured: 3 on whole-file corpus text, 1 on the passage corpus (events at 1 and 3).
+    Measured over 2,048 tokens: 52 sinks, 45 from MLP 2; Spearman(norm, score) 0.79.
     """
     events = smollm_outliers.secondary.to_frame()
-    assert len(events) > 0 and 1 <= events["start_layer"].median() <= 4
+    assert len(events) > 0 and events["start_layer"].min() >= 2
+    assert (events["mlp_layer"] == 2).mean() > 0.5
+    assert events.loc[events["mlp_layer"] == 2, "mlp_ratio"].median() > 10
     assert (events["attention"] < events["first_attention"]).mean() > 0.5  # weaker than the primary sink

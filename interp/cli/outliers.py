@@ -1,5 +1,6 @@
 """`interp outliers [PROMPT ...] [--corpus PATH]`: massive activations, attention sinks, value drains,
-residual peaks, secondary sinks and the zero/mean intervention; `--checkpoints` compares models."""
+residual peaks, secondary sinks and the zero/mean intervention; `--checkpoints` compares models and
+fits the massive activations' course over training; `--by-domain` finds active and dormant heads."""
 
 from __future__ import annotations
 
@@ -26,20 +27,30 @@ def register(sub, common) -> None:
                    help="corpus tokens for the zero/mean perplexity test; 0 skips it (default: 1024)")
     p.add_argument("--checkpoints", nargs="+", default=None, metavar="SPEC",
                    help="compare these models, or every checkpoint folder in one folder (ignores --model)")
+    p.add_argument("--by-domain", action="store_true",
+                   help="active/dormant heads: sink rate per head on prose, code, lists and numbers (--tokens "
+                        "each), or on the domains of a --corpus JSONL whose records carry 'text' and 'domain'")
+    p.add_argument("--dormant-rate", type=probability, default=0.5,
+                   help="--by-domain: a head is dormant when this share of queries sink (default: 0.5)")
     p.set_defaults(run=run)
 
 
 def run(args):
+    from interp.errors import InterpError
+
+    if args.by_domain:
+        return [by_domain(args)]
     thresholds = dict(abs_threshold=args.abs_threshold, ratio_threshold=args.ratio_threshold, top_k=args.top_k,
                       sink_threshold=args.sink_threshold, cos_threshold=args.cos_threshold)
     sizes = dict(max_tokens=args.tokens, batch_size=args.batch_size, seq_len=args.seq_len, ppl_tokens=args.ppl_tokens)
     if args.checkpoints:
-        from interp.errors import InterpError
         from interp.outliers.checkpoints import across_checkpoints
+        from interp.outliers.dynamics import massive_dynamics
 
         if args.prompts or args.secondary_layers:
             raise InterpError("--checkpoints runs over the corpus; drop the prompts and --secondary-layers")
-        return across_checkpoints(args.checkpoints, args.corpus, device=args.device, **sizes, **thresholds)
+        result = across_checkpoints(args.checkpoints, args.corpus, device=args.device, **sizes, **thresholds)
+        return [result, massive_dynamics(result)]
 
     from interp.cli import load_model_for
     from interp.hooks import parse_layers
@@ -50,3 +61,18 @@ def run(args):
     analysis = analyze_outliers(model, args.prompts or None, args.corpus, secondary_layers=layers,
                                 **sizes, **thresholds)
     return analysis.results()
+
+
+def by_domain(args):
+    """`--by-domain`: the corpora are checked before the model loads."""
+    from interp.cli import load_model_for
+    from interp.corpus_domains import labelled_corpora
+    from interp.errors import InterpError
+    from interp.outliers.dormant import domain_sinks
+
+    if args.prompts or args.checkpoints:
+        raise InterpError("--by-domain runs over domain samples; drop the prompts and --checkpoints")
+    corpora = labelled_corpora(args.corpus) if args.corpus else None
+    model = load_model_for(args)
+    return domain_sinks(model, corpora, max_tokens=args.tokens, batch_size=args.batch_size, seq_len=args.seq_len,
+                        threshold=args.sink_threshold, dormant_rate=args.dormant_rate)
