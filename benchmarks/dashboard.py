@@ -6,9 +6,11 @@ Writes a synthetic 16k-feature SAE in the FEATURES_SCHEMA.md layout into a tempo
 the dashboard, and times (navigation or click -> content drawn): the home page (reference), the
 feature list (cold: first read of the files; warm), a feature page (cold and warm), a synthetic
 attribution graph's page (30 layers x 10 tokens: first render, then a node's card), and the attention
-browser on a 256-token prompt on the live model (all heads of layer 0, another layer, one head, and
-the client-side hover). Also reports, per step, the seconds the server spent in callbacks and the
-bytes of callback responses (what the browser receives). Prints a table, then one JSON object.
+browser on a 256-token prompt on the live model (all heads of layer 0, another layer, one head, the
+client-side hover; then the model view's first render of every layer x head, a click on a thumbnail
+that opens it in the head view, and the neuron view of that head). Also reports, per step, the seconds
+the server spent in callbacks and the bytes of callback responses (what the browser receives). Prints a
+table, then one JSON object.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ import torch
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
-PLOT = "document.querySelector('.figure .js-plotly-plot')"
+PLOT = "document.querySelector('.figure .js-plotly-plot')"  # the head view's (the first on the attention page)
+MODEL_PLOT = "document.querySelector('#attn-model-box .js-plotly-plot')"
+# pixel position, inside the plot area, of head x, layer y of the model view
+THUMBNAIL_XY = f"([x, y]) => {{ const l = {MODEL_PLOT}._fullLayout; return [l.xaxis.c2p(x), l.yaxis.c2p(y)]; }}"
 GRAPH_LAYERS, GRAPH_TOKENS = 30, 10  # the default model's depth, a 10-token prompt
 
 
@@ -160,6 +165,19 @@ def main() -> None:
         timed("attention, hover a token (client side)",
               lambda: page.hover(f"#attn-strip .tok[data-i='{n_tokens - 1}']"),
               f"document.getElementById('attn-hover-info')?.textContent.includes('token {n_tokens - 1}')")
+        timed(f"model view {n_tokens} tok, {model.cfg.n_layers}x{heads} heads, first render",
+              lambda: page.check("#attn-view input[value='model']"),
+              f"{MODEL_PLOT}?._fullData?.length == 2 && !!document.querySelector('#attn-model-box image')")
+        layer, head = model.cfg.n_layers * 2 // 3, heads - 2
+
+        def click_thumbnail() -> None:
+            x, y = page.evaluate(THUMBNAIL_XY, [head, layer])
+            page.locator("#attn-model-box .nsewdrag[data-subplot='xy']").click(position={"x": x, "y": y})
+
+        timed(f"model view, click L{layer} H{head} (opens head view)", click_thumbnail,
+              f"{PLOT}?._fullData?.length == 1 && {PLOT}.layout.title.text.startsWith('layer {layer} head {head}')")
+        timed(f"neuron view, L{layer} H{head}, last token", lambda: page.check("#attn-view input[value='neuron']"),
+              "document.querySelector('#attn-neuron-box .js-plotly-plot')?._fullData?.length == 4")
         browser.close()
 
     reference = rows[0][1]

@@ -20,6 +20,16 @@ from test_dashboard_graph import call
 PROMPT = "The cat sat on the mat because it was warm."
 
 
+def array(value) -> np.ndarray:
+    """A figure's array as JSON carries it: a list, or plotly's base64 typed array {dtype, bdata, shape}."""
+    if isinstance(value, dict) and "bdata" in value:
+        import base64
+
+        flat = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+        return flat.reshape([int(n) for n in str(value.get("shape", len(flat))).split(",")])
+    return np.asarray(value)
+
+
 # -- neuron view: the arithmetic --------------------------------------------------------------------
 @pytest.mark.parametrize("spec", ["tiny-llama", "tiny-gpt2"])
 def test_neuron_view_product_sums_to_the_models_scores(spec, request):
@@ -180,7 +190,8 @@ def test_model_view_callback_draws_the_grid_and_fills_the_head_views_cache(app, 
     fig = call(app, client, MODEL_FIG + ".figure", {"attn-source.data": source, "attn-view.value": "model",
                                                     "attn-first.value": ["show"]}, "attn-view.value")
     image, grid = fig[MODEL_FIG]["figure"]["data"]
-    assert image["type"] == "image" and grid["type"] == "heatmap"
+    assert image["type"] == "image" and grid["type"] == "heatmap" and array(grid["z"]).shape == (3, 4)
+    assert image["source"].startswith("data:image/png;base64,")
     assert call(app, client, MODEL_FIG + ".figure", {"attn-source.data": source, "attn-view.value": "head"},
                 "attn-view.value") is None  # hidden: nothing computed
     ctx = app.interp_context
@@ -244,7 +255,7 @@ def test_neuron_view_without_a_model_says_how_to_get_one(tmp_path, tiny_gpt2):
     assert "--model" in json.dumps(out["attn-neuron-status"])
     fig = call(app, client, MODEL_FIG + ".figure", {"attn-source.data": source, "attn-view.value": "model",
                                                     "attn-first.value": []}, "attn-view.value")
-    assert np.asarray(fig[MODEL_FIG]["figure"]["data"][1]["z"]).shape == (3, 4)  # saved patterns need no model
+    assert array(fig[MODEL_FIG]["figure"]["data"][1]["z"]).shape == (3, 4)  # saved patterns need no model
 
 
 # -- in Chromium -----------------------------------------------------------------------------------------
