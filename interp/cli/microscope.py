@@ -19,11 +19,12 @@ def register(sub, common) -> None:
                         "the corpus only supplies the reference sample")
     p.add_argument("--reference-tokens", type=int_range(2), default=4096,
                    help="corpus tokens for the linear fits, intrinsic dimension and the memory read-out (default 4096)")
-    p.add_argument("--corpus-tokens", type=int_range(2), default=2048, help="tokens analysed by --corpus (default 2048)")
+    p.add_argument("--corpus-tokens", type=int_range(2), default=2048,
+                   help="tokens analysed by --corpus (default 2048)")
     p.add_argument("--seq-len", type=int_range(2), default=128, help="corpus row length (default 128)")
     p.add_argument("--max-tokens", type=int_range(2), default=512, help="longest text accepted (default 512)")
     p.add_argument("--window", type=positive_int, default=8, help="preceding tokens the read-out recovers (default 8)")
-    p.add_argument("--steps", type=positive_int, default=300, help="read-out training steps (default 300)")
+    p.add_argument("--steps", type=positive_int, default=100, help="read-out training steps (default 100)")
     p.add_argument("--seed", type=int_range(0), default=0)
     p.add_argument("--no-removal", action="store_true", help="skip the perplexity-after-removal test of --corpus")
     p.set_defaults(run=run)
@@ -50,7 +51,8 @@ def read_text(arg: str) -> tuple[str, str]:
         is_path = False
     if not is_path:
         if looks_like_path(arg):
-            raise InterpError(f"file {arg} not found; check the path (one word with a / or a .txt/.md suffix is read as a file)")
+            raise InterpError(f"file {arg} not found; check the path (one word with a / or a .txt/.md suffix "
+                              "is read as a file)")
         return arg, arg
     if path.is_dir():
         raise InterpError(f"{path} is a folder; pass a text file, or use --corpus {path}")

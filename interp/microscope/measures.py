@@ -50,7 +50,7 @@ def fit_linear(x: torch.Tensor, y: torch.Tensor) -> LinearFit:
     x_scale = float(xc.norm()) or 1.0
     y_scale = float(yc.norm()) or 1.0
     xn, yn = xc / x_scale, yc / y_scale
-    A = torch.linalg.pinv(xn) @ yn  # the minimum-norm least-squares solution, also when x is rank-deficient
+    A = torch.linalg.pinv(xn.T @ xn, hermitian=True) @ (xn.T @ yn)  # normal equations: N d^2, not an SVD of x
     return LinearFit(x_mean, x_scale, y_mean, y_scale, A, x.shape[0], float(1.0 - (xn @ A - yn).square().sum()))
 
 
@@ -82,7 +82,7 @@ def two_nn_dimension(points: torch.Tensor, fit_fraction: float = 0.2, eps: float
     x = torch.unique(points.double(), dim=0)
     x = x - x.mean(0)
     x = x / x.norm(dim=1).mean().clamp_min(eps)
-    r1, r2 = _two_nearest(x)
+    r1, r2 = (r.double() for r in _two_nearest(x.float()))  # float32 distances: ratios need no more
     mu = r2[r1 >= eps] / r1[r1 >= eps]
     mu = mu[mu > 1 + eps].sort().values
     n = len(mu)

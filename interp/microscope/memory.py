@@ -10,7 +10,9 @@ quick CPU run, so this module keeps the paper's pooling and replaces the decoder
   included) into one vector p [d], as the paper's linear pooling does;
 - read-out: for each offset k = 1..window, a linear map M_k [d, d] turns p into a guess of the k-th preceding
   token's input embedding; the loss is 1 - cos(p M_k, e(t_{i-k})) (the unit input embedding of that token);
-- training: Adam for `steps` steps on random batches of reference tokens (a generator seeded with `seed`);
+- training: the maps start at the ridge-regression solution for even pooling (closed form), then Adam tunes
+  pooling and maps together for `steps` steps on random batches of reference tokens (generator seeded with
+  `seed`);
 - a token's score is the mean loss over its available offsets (`context_loss`, lower = more context kept) and
   the share of those offsets whose nearest input embedding (cosine, whole vocabulary) is the true token
   (`context_acc`).
@@ -30,9 +32,10 @@ class MemoryConfig:
     """Settings of the context-memory read-out (see the module docstring)."""
 
     window: int = 8
-    steps: int = 300
+    steps: int = 100
     batch: int = 256
-    lr: float = 3e-3
+    lr: float = 1e-3
+    ridge: float = 1e-2
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -41,6 +44,8 @@ class MemoryConfig:
                 raise InterpError(f"memory {name} must be a whole number of at least 1 (got {getattr(self, name)!r})")
         if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
             raise InterpError(f"memory lr must be in (0, 1) (got {self.lr!r})")
+        if not (isinstance(self.ridge, (int, float)) and 0 <= self.ridge < float("inf")):
+            raise InterpError(f"memory ridge must be a finite number of at least 0 (got {self.ridge!r})")
 
 
 def rms_normalize(states: torch.Tensor) -> torch.Tensor:
@@ -62,6 +67,18 @@ class ContextHead(torch.nn.Module):
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         return torch.einsum("nd,kde->nke", self.pooled(states), self.maps)
+
+    @torch.no_grad()
+    def fit_maps(self, states: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, embeddings: torch.Tensor,
+                 ridge: float) -> None:
+        """Set each map M_k to the ridge-regression solution from the current pooling to the target embeddings:
+        states [L+1, N, d], ids and mask [N, window]; `ridge` is relative to the mean eigenvalue of P^T P."""
+        pooled = self.pooled(states).double()
+        for k in range(self.maps.shape[0]):
+            p = pooled[mask[:, k]]
+            gram = p.T @ p
+            gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
+            self.maps[k] = torch.linalg.solve(gram, p.T @ embeddings[ids[mask[:, k], k]].double()).float()
 
 
 def prefix_targets(tokens: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,6 +111,7 @@ def train_context_head(states: torch.Tensor, tokens: torch.Tensor, embeddings: t
     flat_ids, flat_mask = ids[:, 1:].reshape(-1, config.window), mask[:, 1:].reshape(-1, config.window)
     if flat_states.shape[1] == 0:
         raise InterpError("the reference rows have no token with a prefix; use a longer --seq-len")
+    head.fit_maps(flat_states, flat_ids, flat_mask, embeddings, config.ridge)
     optimizer = torch.optim.Adam(head.parameters(), lr=config.lr)
     with torch.enable_grad():
         for _ in range(config.steps):
