@@ -166,23 +166,22 @@ class SecondaryResult(Result):
     def to_frame(self) -> pd.DataFrame:
         return self.events
 
+    def _by(self, key: str, **stats: tuple[str, str]) -> pd.DataFrame:
+        """The sinks grouped by `key`: their count and `stats` (pandas named aggregations), most frequent first."""
+        if self.events.empty:
+            return pd.DataFrame(columns=[key, "count", *stats])
+        g = self.events.groupby(key, as_index=False).agg(count=("seq", "size"), **stats)
+        return g.sort_values("count", ascending=False, ignore_index=True)
+
     def tokens(self) -> pd.DataFrame:
         """Per token string: how many secondary sinks, their typical layers and the attention they draw."""
-        if self.events.empty:
-            return pd.DataFrame(columns=["token", "count", "start_layer", "n_layers", "attention"])
-        g = self.events.groupby("token", as_index=False).agg(
-            count=("seq", "size"), start_layer=("start_layer", "median"), n_layers=("n_layers", "mean"),
-            attention=("attention", "mean"))
-        return g.sort_values("count", ascending=False, ignore_index=True)
+        return self._by("token", start_layer=("start_layer", "median"), n_layers=("n_layers", "mean"),
+                        attention=("attention", "mean"))
 
     def mlp_layers(self) -> pd.DataFrame:
         """Per creating MLP block: how many secondary sinks it makes, their mean norm, score and lifetime."""
-        if self.events.empty:
-            return pd.DataFrame(columns=["mlp_layer", "count", "mlp_norm", "attention", "n_layers"])
-        g = self.events.groupby("mlp_layer", as_index=False).agg(
-            count=("seq", "size"), mlp_norm=("mlp_norm", "mean"), attention=("attention", "mean"),
-            n_layers=("n_layers", "mean"))
-        return g.sort_values("count", ascending=False, ignore_index=True)
+        return self._by("mlp_layer", mlp_norm=("mlp_norm", "mean"), attention=("attention", "mean"),
+                        n_layers=("n_layers", "mean"))
 
     def relations(self) -> pd.DataFrame:
         """Pearson and Spearman correlation over the sinks of the creating MLP's output norm with the
