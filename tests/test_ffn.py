@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from interp.cli import main
 from interp.errors import InterpError
 from interp.ffn import ffn_updates, neuron_table, neurons_promoting, search_table
-from interp.ffn.table import saved_table, table_path
+from interp.ffn.table import TABLE_TOKENS, saved_table, table_path
 from test_cli_errors import run_bad
 
 PROMPT = "The Eiffel Tower is in"
@@ -130,7 +130,7 @@ def test_neuron_table_matches_a_direct_computation(request, name):
     for layer in range(model.cfg.n_layers):
         scores = reference_readout(model, model.blocks[layer].mlp.W_out)
         rows = table[table.layer == layer]
-        top, bottom = scores.topk(10, dim=1), scores.topk(10, dim=1, largest=False)
+        top, bottom = scores.topk(TABLE_TOKENS, dim=1), scores.topk(TABLE_TOKENS, dim=1, largest=False)
         assert np.array_equal(np.stack(rows["top_ids"].to_numpy()), top.indices.numpy())
         assert np.array_equal(np.stack(rows["bottom_ids"].to_numpy()), bottom.indices.numpy())
         np.testing.assert_allclose(np.stack(rows["top_scores"].to_numpy()), top.values.numpy(), rtol=1e-4, atol=1e-7)
@@ -236,17 +236,6 @@ def test_api_refuses_bad_counts(tiny_llama):
         search_table(neuron_table(tiny_llama, progress=False).table, "a", top=0)
 
 
-@pytest.mark.real
-def test_paris_rises_through_the_late_layers(smollm):
-    """SmolLM2 answers ' Paris'; read from the residual, the answer is nowhere before the middle layers and
-    the late MLPs lift it (measured numbers in the README)."""
-    result = ffn_updates(smollm, "The Eiffel Tower is located in the city of", layers=list(range(15, 30)), top=10)
-    assert result.answer == " Paris"
-    layers = result.per_layer.set_index("layer")
-    assert layers.loc[15, "rank_before"] > 100 and layers.loc[29, "rank_after"] == 0
-    raise NotImplementedError("measure first")
-
-
 def test_dashboard_pages_search_the_table_of_their_own_weights(tiny_llama, tmp_path):
     from dashboards.app import render
     from dashboards.context import Context
@@ -272,3 +261,20 @@ def test_dashboard_pages_search_the_table_of_their_own_weights(tiny_llama, tmp_p
     for bad in ("", "x" * 101, None):
         with pytest.raises(InterpError):
             search_results(ctx, name, bad)
+
+
+@pytest.mark.real
+def test_paris_rises_through_the_late_layers(smollm):
+    """SmolLM2 answers ' Paris'. Read from the residual, the answer is thousands of ranks down until layer 22;
+    every MLP from 23 on raises its probability, and the top one by layer 27; layer 22's largest sub-update
+    promotes ' city' (numbers in the README)."""
+    result = ffn_updates(smollm, "The Eiffel Tower is located in the city of", layers=list(range(20, 30)), top=10)
+    assert result.answer == " Paris"
+    layers = result.per_layer.set_index("layer")
+    assert (layers.loc[20:22, "rank_before"] > 1000).all() and (layers.loc[20:22, "rank_after"] > 1000).all()
+    late = layers.loc[23:29]
+    assert (late["prob_after"] > late["prob_before"]).all() and (late["rank_after"] <= late["rank_before"]).all()
+    assert layers.loc[26, "rank_before"] > 0 and (layers.loc[27:29, "rank_after"] == 0).all()
+    assert layers.loc[29, "prob_after"] > 0.5 and layers["identity_error"].max() < 1e-3
+    city = result.updates[(result.updates.layer == 22) & (result.updates["rank"] == 1)].iloc[0]
+    assert " city" in city.promotes and city.answer_score > 0

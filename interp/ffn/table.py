@@ -29,7 +29,7 @@ from interp.results import Result, register_result
 from interp.tokens import answer_token
 from interp.workspace import Entry, Workspace
 
-TABLE_TOKENS = 10  # top and bottom tokens kept per neuron
+TABLE_TOKENS = 30  # top and bottom tokens kept per neuron (Geva et al. read the top 30)
 TABLE_VERSION = 1  # bump when the table's columns or scoring change
 
 

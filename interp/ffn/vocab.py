@@ -5,7 +5,7 @@ unembedding, and they skip the final LayerNorm). Here a vector goes through the 
 model's final norm before the unembedding: centred when the norm is a LayerNorm, and multiplied by its
 elementwise gain `ln_final.w`, as `fold_ln` folds them into W_U. The norm's remaining factor, 1/rms of
 the whole final residual, is one positive number per position, so leaving it out changes no token's rank;
-the gain does change ranks (SmolLM2's varies by more than 10x across dimensions), and it is what the
+the gain does change ranks (SmolLM2's runs from 0.87 to 3.3 across dimensions), and it is what the
 model itself applies to anything added to the residual. The norm's bias and the unembedding bias are the
 same for every vector, so they are left out too: scores are the change in logits per unit of the vector,
 up to that one positive factor.
