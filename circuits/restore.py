@@ -11,6 +11,8 @@ as the layer loop reaches them) and reading keys/values of positions < t from th
 Patches that make the same writes below some layer share their rows up to there (causal tracing's
 windows clipped at layer 0 all restore the same first layers), and fork where their writes part.
 Writes happen through TransformerLens hooks on the blocks, so every hook point behaves as usual.
+A `TransformerBridge` cannot run its (Hugging Face) blocks alone: there each chunk is one forward pass of every
+position from block 0, entered with the base run's residual (`_run_whole`): the same rows, without the saving.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from collections.abc import Callable
 
 import torch
 from tqdm import tqdm
+from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+from interp.models.readout import residual_logits
 
 _BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
 
@@ -176,9 +181,22 @@ def _joins(patches: list[Patch]) -> list[tuple[int, int | None]]:
     return joins
 
 
+def _run_whole(model, base: BaseRun, patches: list[Patch], read_ids: torch.Tensor) -> torch.Tensor:
+    """The rows of `_run_chunk` for a model whose blocks do not run alone: every patch from block 0 and
+    position 0, entered with the base run's residual, its writes as hooks."""
+    n_base = base.resid_pre[0].shape[0]
+    start = base.resid_pre[0].repeat(len(patches), 1, 1)  # patch-major rows, as `_write_hooks` numbers them
+    writes = [(i, w) for i, patch in enumerate(patches) for w in patch.writes]
+    with model.hooks(fwd_hooks=_write_hooks(writes, n_base, 0, start.device)):
+        final = model(start, start_at_layer=0, stop_at_layer=model.cfg.n_layers)
+    return _read_out(model, final[:, -1], read_ids).view(len(patches), n_base, -1)
+
+
 def _run_chunk(model, base: BaseRun, patches: list[Patch], start_pos: int, read_ids: torch.Tensor) -> torch.Tensor:
     """Patches all starting at `start_pos`: the layer loop over positions >= start_pos, each patch's rows
     joining at its own first layer (from the base run) or where it forks from another patch."""
+    if not isinstance(model, HookedTransformer):
+        return _run_whole(model, base, patches, read_ids)
     n_base = base.resid_pre[0].shape[0]
     device = base.logits.device
     joins = _joins(patches)
@@ -216,6 +234,6 @@ def _read_out(model, final: torch.Tensor, read_ids: torch.Tensor, rows: int = 64
     """
     out = []
     for block in final.split(rows):
-        logits = model.unembed(model.ln_final(block[:, None]))[:, 0].float()  # [rows, vocab], float32 in any dtype
+        logits = residual_logits(model, block[:, None])[:, 0].float()  # [rows, vocab], float32 in any dtype
         out.append(torch.cat([logits[:, read_ids], logits.logsumexp(-1, keepdim=True)], dim=-1))
     return torch.cat(out)

@@ -106,3 +106,12 @@ def attn_z(layer: int) -> str:
 def attn_v(layer: int) -> str:
     """Value vectors: [batch, pos, kv_head, d_head] (grouped-query attention: the shared KV heads)."""
     return f"blocks.{layer}.attn.hook_v"
+
+
+def mlp_output(model, layer: int) -> str:
+    """The hook holding the output of `blocks[layer].mlp.W_out` (+ `b_out`): `blocks.{layer}.hook_mlp_out`, except
+    where a norm follows the MLP (Gemma-2/3, OLMo-2: that hook is normalised), then the MLP's own output,
+    `blocks.{layer}.mlp.hook_out`."""
+    from interp.models.arch import output_norms
+
+    return f"blocks.{layer}.mlp.hook_out" if output_norms(model) else mlp_out(layer)

@@ -15,6 +15,7 @@ class ModelInfo(Result):
     kind = "info"
     model: str
     architecture: str
+    loader: str  # "hooked-transformer" or "transformer-bridge": which TransformerLens class wraps the model
     n_layers: int
     d_model: int
     n_heads: int
@@ -50,6 +51,7 @@ def model_info(model, hooks: bool = False) -> ModelInfo:
     return ModelInfo(
         model=getattr(cfg, "spec", cfg.model_name),
         architecture=str(cfg.original_architecture),
+        loader=model.loader,
         n_layers=cfg.n_layers,
         d_model=cfg.d_model,
         n_heads=cfg.n_heads,

@@ -8,6 +8,8 @@ import dataclasses
 import pandas as pd
 import torch
 
+from interp.models.arch import norm_weight
+from interp.models.readout import capped, final_bias_logits, residual_logits, soft_cap
 from interp.results import Result, register_result
 from interp.tokens import answer_token, encode, str_tokens
 
@@ -29,7 +31,7 @@ class LensResult(Result):
     grid_tokens: list[list[str]]  # [L+1][T] top-1 token at every position
     grid_probs: torch.Tensor  # [L+1, T]
     dla_labels: list[str]
-    dla: torch.Tensor  # [components] contribution to the answer logit
+    dla: torch.Tensor  # [components] contribution to the answer logit (they sum to it, see `logit_lens`)
     answer_logit: float
 
     def to_frame(self) -> pd.DataFrame:
@@ -82,7 +84,10 @@ class LensResult(Result):
 def logit_lens(model, prompt: str, target: str | None = None, k: int = 5) -> LensResult:
     """Read every layer's residual through the final norm and unembedding; attribute the answer logit.
 
-    The answer is the model's own top-1 next token, or the first token of `target`.
+    The answer is the model's own top-1 next token, or the first token of `target`. The attributions sum to the
+    answer logit: a "bias" row holds what no component writes (the final LayerNorm's bias and the unembedding
+    bias, GPT-2), and under a final soft-cap (Gemma-2/3) each component gets its share of the pre-cap logit
+    times capped / pre-cap logit (the cap is monotone, so signs and ranks stay).
     """
     tokens = encode(model, prompt)
     L = model.cfg.n_layers
@@ -94,7 +99,7 @@ def logit_lens(model, prompt: str, target: str | None = None, k: int = 5) -> Len
 
     resid = torch.stack([cache[f"blocks.{l}.hook_resid_pre"][0] for l in range(L)]
                         + [cache[f"blocks.{L - 1}.hook_resid_post"][0]])  # [L+1, T, d]
-    probs = model.unembed(model.ln_final(resid)).float().softmax(-1)  # each layer normalised by its own scale
+    probs = residual_logits(model, resid).float().softmax(-1)  # each layer normalised by its own scale
     last = probs[:, -1]
     answer_prob = last[:, answer_id]
     answer_rank = (last > answer_prob[:, None]).sum(-1)
@@ -102,9 +107,19 @@ def logit_lens(model, prompt: str, target: str | None = None, k: int = 5) -> Len
     grid_probs, grid_ids = probs.max(-1)
 
     stack, labels = cache.decompose_resid(layer=-1, pos_slice=-1, return_labels=True)
-    stack = cache.apply_ln_to_stack(stack, layer=-1, pos_slice=-1)  # [components, 1, d]
+    stack = cache.apply_ln_to_stack(stack, layer=-1, pos_slice=-1)  # [components, 1, d], centred and / scale
+    weight = norm_weight(model, model.ln_final)  # which apply_ln_to_stack leaves out (it expects folded norms)
+    if weight is not None:
+        stack = stack * weight
     direction = model.tokens_to_residual_directions(torch.tensor(answer_id))
     dla = stack[:, 0].float() @ direction.float()  # float32 whatever the model's dtype
+    bias = float(final_bias_logits(model)[answer_id])
+    if bias != 0.0:
+        dla, labels = torch.cat([dla, dla.new_tensor([bias])]), [*labels, "bias"]
+    answer_logit = float(logits[0, -1, answer_id])
+    if soft_cap(model) is not None:  # each share of the pre-cap logit z, times capped(z) / z
+        z = dla.sum()
+        dla = dla * (capped(model, z) / z if z != 0 else 1.0)
     return LensResult(
         model=getattr(model.cfg, "spec", model.cfg.model_name),
         prompt=prompt,
@@ -120,5 +135,5 @@ def logit_lens(model, prompt: str, target: str | None = None, k: int = 5) -> Len
         grid_probs=grid_probs,
         dla_labels=[str(x) for x in labels],
         dla=dla,
-        answer_logit=float(logits[0, -1, answer_id]),
+        answer_logit=answer_logit,
     )

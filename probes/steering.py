@@ -28,6 +28,7 @@ import torch
 
 from interp.errors import InterpError, check_finite
 from interp.hooks import check_layer, resid_post
+from interp.models.readout import residual_logits
 from interp.results import Result, register_result
 from interp.steering.core import add_hook as steering_add_hook
 from interp.tokens import answer_token
@@ -153,7 +154,7 @@ def answer_margins(model, prompts: Sequence[str], starts: Sequence[int], answer_
         resid = model.run_with_hooks(tokens.to(model.cfg.device), fwd_hooks=hooks(mask),
                                      stop_at_layer=model.cfg.n_layers)
         last = resid[torch.arange(len(rows)), (n - 1).to(resid.device)]
-        logits = model.unembed(model.ln_final(last[:, None]))[:, 0]
+        logits = residual_logits(model, last[:, None])[:, 0]
         out[lo:lo + len(rows)] = (logits[:, answer_ids[0]] - logits[:, answer_ids[1]]).cpu().numpy()
     return out
 

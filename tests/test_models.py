@@ -299,7 +299,7 @@ def test_folders_that_cannot_load_are_one_line_errors(tmp_path, capsys):
             load_model(str(folder))
         assert "\n" not in str(err.value), name
         assert "cannot load the model" in _one_line_cli_error(capsys, ["info", "--model", str(folder)])
-    with pytest.raises(InterpError, match="BioGptForCausalLM is not currently supported"):
+    with pytest.raises(InterpError, match="TransformerLens supports neither BioGptForCausalLM nor its model type 'biogpt'"):
         load_model(str(tmp_path / "bio"))
     with pytest.raises(InterpError, match="unknown device 'cpux'"):
         load_model("tiny-llama", device="cpux")

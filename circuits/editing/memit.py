@@ -22,8 +22,9 @@ from typing import Any
 
 import torch
 
-from interp.errors import check_finite
+from interp.errors import InterpError, check_finite
 from interp.hooks import resid_post
+from interp.models.arch import output_norms
 
 from circuits.editing.context import context_templates
 from circuits.editing.handle import EditHandle, apply_updates, w_out
@@ -84,6 +85,9 @@ def batch_edit(
     values: ValueSettings, context_lengths, stats_tokens: int, corpus: str | None, progress: bool,
 ) -> EditHandle:
     """The MEMIT/PMET pipeline: check, statistics, z optimisation at the last layer, spread update."""
+    if output_norms(model):
+        raise InterpError(f"{method} spreads a residual-stream change linearly over MLP output weights, but this "
+                          f"model normalises each MLP output (Gemma-2/3, OLMo-2); use --method rome")
     reqs = [as_request(r) for r in (requests if isinstance(requests, list) else [requests])]
     layers = resolve_layers(model, layers, method)
     check_requests(model, reqs)

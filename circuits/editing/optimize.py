@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from interp.errors import InterpError, check_finite
+from interp.models.readout import residual_logits
 
 from circuits.editing.context import PromptBatch, build_batch
 from circuits.editing.requests import EditRequest
@@ -157,8 +158,8 @@ def _optimize_chunk(model, requests, sites, templates, settings: ValueSettings) 
             with model.hooks(fwd_hooks=hooks):
                 final = model(resid, start_at_layer=start, stop_at_layer=model.cfg.n_layers)
             # unembed only the positions the loss reads
-            picked = model.ln_final(final[read_rows, read_pos][:, None])
-            log_probs = model.unembed(picked)[:, 0].float().log_softmax(-1).cpu()  # [N, V], float32 in any dtype
+            picked = residual_logits(model, final[read_rows, read_pos][:, None])[:, 0]
+            log_probs = picked.float().log_softmax(-1).cpu()  # [N, V], float32 in any dtype
             kl_lp = log_probs[~is_target]  # [R, V]: the token after the subject in "{subject} is a"
             if kl_init is None:
                 kl_init = kl_lp.detach()

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from interp.hooks import mlp_out
+from interp.hooks import mlp_output
 
 from circuits.editing.context import context_templates
 from circuits.editing.handle import EditHandle, apply_updates, w_out
@@ -46,10 +46,11 @@ def rome_update(model, request: EditRequest, layer: int, templates: list[str], c
                 values: ValueSettings) -> tuple[torch.Tensor, dict[str, Any]]:
     """The update [d_mlp, d_model] for W_out of `layer`, and what went into it."""
     u = compute_u(model, request, layer, templates, cov)
-    opt = optimize_values(model, [request], [mlp_out(layer)], templates, values, progress=False)
+    site = mlp_output(model, layer)  # W_out's own output: under a norm after the MLP, not hook_mlp_out
+    opt = optimize_values(model, [request], [site], templates, values, progress=False)
     target = opt.target[0, 0].double()
     key = plain(model, key_hook(layer), [request])[0].double()
-    current = plain(model, mlp_out(layer), [request])[0].double()
+    current = plain(model, site, [request])[0].double()
     v = (target - current) / key.dot(u)
     info = {"u": u.float(), "v": v.float(), "key": key.float(), "value": target.float(),
             "losses": opt.losses[0], "nlls": opt.nlls[0]}

@@ -16,6 +16,7 @@ import dataclasses
 import torch
 
 from interp.errors import InterpError
+from interp.models.arch import norm_weight, output_norms
 
 _NORMS = ("LN", "LNPre", "RMS", "RMSPre")
 
@@ -26,7 +27,7 @@ def check_supported(model) -> None:
     problems = {
         "parallel attention and MLP": cfg.parallel_attn_mlp,
         "attention-only blocks": cfg.attn_only,
-        "norms after attention and MLP": getattr(cfg, "use_normalization_before_and_after", False),
+        "norms after attention and MLP": output_norms(model),
         f"{cfg.normalization_type} normalization": cfg.normalization_type not in _NORMS,
         f"{cfg.positional_embedding_type} positions": cfg.positional_embedding_type not in ("standard", "rotary"),
         "soft-capped logits": (cfg.output_logits_soft_cap or 0) > 0,
@@ -38,8 +39,8 @@ def check_supported(model) -> None:
             raise InterpError(f"attribution graphs support pre-norm transformers; this model has {what}")
 
 
-def _norm_params(norm, d_model: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    w = getattr(norm, "w", None)
+def _norm_params(model, norm, d_model: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    w = norm_weight(model, norm)
     b = getattr(norm, "b", None)
     w = like.new_ones(d_model) if w is None else w.detach().to(like)
     b = like.new_zeros(d_model) if b is None else b.detach().to(like)
@@ -147,7 +148,7 @@ def capture(model, tokens: torch.Tensor) -> Frozen:
         b_V = (attn._b_V if hasattr(attn, "_b_V") else attn.b_V).detach().float()  # [kv, dh]
         W_O = attn.W_O.detach().float()  # [H, dh, d]
         kv, H = W_V.shape[0], W_O.shape[0]
-        w1, b1 = _norm_params(block.ln1, d, like)
+        w1, b1 = _norm_params(model, block.ln1, d, like)
         value_const = torch.einsum("d,kde->ke", b1, W_V) + b_V  # [kv, dh]: the value every key gives for free
         value_const = value_const.repeat_interleave(H // kv, dim=0)  # [H, dh]
         b_O = attn.b_O.detach().float() if attn.b_O is not None else like.new_zeros(d)
@@ -159,7 +160,7 @@ def capture(model, tokens: torch.Tensor) -> Frozen:
             attn_const=torch.einsum("he,hed->d", value_const, W_O) + b_O,
             normalized2=f32[f"blocks.{l}.ln2.hook_normalized"], mlp_out=f32[f"blocks.{l}.hook_mlp_out"]))
     embed = f32["hook_embed"] + f32.get("hook_pos_embed", 0)
-    w_final, b_final = _norm_params(model.ln_final, d, like)
+    w_final, b_final = _norm_params(model, model.ln_final, d, like)
     b_U = getattr(model.unembed, "b_U", None)
     return Frozen(
         tokens=tokens[0], layers=layers, embed=embed, scale_final=f32["ln_final.hook_scale"][:, 0],

@@ -17,17 +17,83 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from transformer_lens.model_bridge import TransformerBridge
 
+from interp.errors import InterpError
+from interp.hooks import resid_post
 from interp.models.hooked import CheckedHooks
+
+
+# Analyses freeze norm scales through hooks on purpose (graphs, attributions); the bridge then computes the norm
+# from the hooked values, which is what they ask for.
+warnings.filterwarnings("ignore", message="A forward hook edited hook_scale/hook_normalized")
 
 
 class BridgeModel(CheckedHooks, TransformerBridge):
     """A `TransformerBridge` whose hook-taking methods validate hook names."""
 
     loader = "transformer-bridge"
+
+    def forward(self, input: Any, *args: Any, start_at_layer: int | None = None, **kwargs: Any):
+        """`TransformerBridge.forward`, plus `HookedTransformer`'s `start_at_layer`: `input` is then the residual
+        [batch, pos, d_model] entering that block.
+
+        The bridge runs the Hugging Face forward pass whole, so the blocks before `start_at_layer` run on
+        placeholder tokens and their output is replaced at `blocks.{start_at_layer}.hook_resid_pre`: the same
+        result as `HookedTransformer`, without its saving. `stop_at_layer=n_layers` returns the last block's
+        output, as `HookedTransformer` does (the bridge would return logits).
+        """
+        if (kwargs.get("stop_at_layer") or 0) >= self.cfg.n_layers:
+            del kwargs["stop_at_layer"]
+            kept = {}
+
+            def keep(act, hook):
+                kept["resid"] = act
+                return act
+
+            with self.hooks(fwd_hooks=[(resid_post(self.cfg.n_layers - 1), keep)]):
+                self.forward(input, *args, start_at_layer=start_at_layer, **kwargs)
+            return kept["resid"]
+        if start_at_layer is None:
+            return super().forward(input, *args, **kwargs)
+        resid = input
+        placeholder = torch.zeros(resid.shape[:2], dtype=torch.long, device=resid.device)
+        with _first_hook(self.hook_dict[f"blocks.{start_at_layer}.hook_resid_pre"], lambda act, hook: resid.to(act.dtype)):
+            return super().forward(placeholder, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def _first_hook(point, fn):
+    """`fn` as the first forward hook of `point` while the context lasts: hooks added earlier (writes into the
+    same activation) then act on what it returns."""
+    point.add_hook(fn, dir="fwd", prepend=True)
+    handle = point.fwd_hooks[0]
+    try:
+        yield
+    finally:
+        handle.hook.remove()
+        point.fwd_hooks.remove(handle)
+
+
+def check_bridge_supports(folder: Path) -> None:
+    """Refuse, in one line, a model whose architecture `TransformerBridge` has no adapter for."""
+    from transformer_lens.model_bridge.sources.transformers import determine_architecture_from_hf_config
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(folder)
+    try:
+        determine_architecture_from_hf_config(config)
+    except ValueError:
+        names = ", ".join(config.architectures or [config.model_type])
+        raise InterpError(f"TransformerLens supports neither {names} nor its model type {config.model_type!r} "
+                          f"(the model in {folder}); pass a causal LM such as Llama, Qwen, Gemma, OLMo or GPT-2"
+                          ) from None
 
 
 def boot_bridge(folder: Path, hf_model, tokenizer) -> BridgeModel:

@@ -51,11 +51,43 @@ def check_default_gguf(path: Path) -> None:
         )
 
 
+# Tensor types that are stored, not quantized; every other type must be one `gguf` can de-quantize.
+PLAIN_TYPES = ("F32", "F16")
+# llama.cpp's architecture names that transformers' GGUF reader renames before it looks them up.
+GGUF_RENAMES = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe", "gpt-oss": "gpt_oss", "minimax-m2": "minimax_m2"}
+
+
+def check_convertible(gguf: Path) -> None:
+    """Refuse, in one line and before the slow conversion, a GGUF whose architecture transformers' GGUF reader
+    does not map or one of whose tensors has a quantization type it cannot de-quantize. Only the header is read."""
+    from gguf import GGUFReader
+    from gguf.quants import _type_traits
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    try:
+        reader = GGUFReader(gguf)
+        field = reader.fields["general.architecture"]
+        architecture = bytes(field.parts[field.data[0]]).decode()
+    except Exception as e:  # gguf's reader raises many kinds of errors on bad files
+        raise InterpError(f"cannot read {gguf}: {(str(e).splitlines() or [type(e).__name__])[0]}; "
+                          f"pass a valid .gguf file") from e
+    known = [name for name in GGUF_SUPPORTED_ARCHITECTURES if name not in ("general", "tokenizer")]
+    if GGUF_RENAMES.get(architecture, architecture) not in known:
+        raise InterpError(f"{gguf.name} holds a {architecture!r} model; transformers converts GGUF files of "
+                          f"{', '.join(known)}; pass a Hugging Face folder of it instead")
+    readable = {*PLAIN_TYPES, *(t.name for t in _type_traits)}
+    for tensor in reader.tensors:
+        if tensor.tensor_type.name not in readable:
+            raise InterpError(f"{gguf.name} stores {tensor.name} as {tensor.tensor_type.name}, which the gguf "
+                              f"package cannot de-quantize; use a GGUF in one of {', '.join(sorted(readable))}")
+
+
 def convert_gguf(gguf: Path, folder: Path) -> Path:
     """De-quantize `gguf` to float32 and save it as a Hugging Face folder."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_convertible(gguf)
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)

@@ -268,8 +268,9 @@ def _hooked_config(folder: Path, device: str, dtype: torch.dtype):
 
 def _load_bridged(folder: Path, device: str, dtype: torch.dtype):
     """A `BridgeModel` around the Hugging Face model in `folder` (eager attention, so patterns can be hooked)."""
-    from interp.models.bridge import boot_bridge
+    from interp.models.bridge import boot_bridge, check_bridge_supports
 
+    check_bridge_supports(folder)  # before the weights load
     hf_model, tokenizer = _load_hf_folder(folder, dtype, attn_implementation="eager")
     with _loading(folder):
         return boot_bridge(folder, hf_model.to(device), tokenizer)

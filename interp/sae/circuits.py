@@ -12,6 +12,10 @@ attribution is then (W_dec_l[i] . W_enc_L[:, f]) x a_i(x) / scale: the first fac
 input-invariant (fixed by the weights), the second input-dependent (the earlier feature's
 activation on this input, with the layer norm scale of this token frozen). The rows sum exactly to
 h_f. Attention is kept as one direct-path term per layer (not traced through its OV circuit).
+
+Under LayerNorm (GPT-2) the norm also subtracts each vector's mean, so W_enc[:, f] is read centred. Under
+Gemma's norms after attention and MLP the hooks hold what is added to the residual, so the split holds as is.
+Post-norm blocks (OLMo-2) have no norm before the MLP (`ln2` normalises its output), so they are refused.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 
 from interp.errors import InterpError
 from interp.hooks import check_layer
+from interp.models.arch import centered_norms, post_norm
 from interp.results import Result, register_result
 from interp.sae.io import is_transcoder
 from interp.tokens import encode, str_tokens
@@ -81,6 +86,9 @@ def attribute(model, transcoders: dict[int, object], prompt: str, layer: int, fe
               position: int = -1) -> TranscoderAttribution:
     """Split the pre-activation of transcoder `feature` at `layer` and `position` of `prompt` into
     contributions of earlier transcoder features, tokens, attention, biases and errors."""
+    if post_norm(model):
+        raise InterpError(f"transcoder attributions split the residual read by ln2 before the MLP; "
+                          f"{model.cfg.original_architecture} has no norm there (its ln2 follows the MLP)")
     layer = check_layer(model, layer)
     if layer not in transcoders:
         raise InterpError(f"no transcoder given for layer {layer}; pass one for every layer you attribute at")
@@ -98,6 +106,8 @@ def attribute(model, transcoders: dict[int, object], prompt: str, layer: int, fe
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names, stop_at_layer=layer + 1)
 
     enc = target.W_enc[:, feature].detach()
+    if centered_norms(model):  # (c - mean c) . enc == c . (enc - mean enc)
+        enc = enc - enc.mean()
     scale = float(cache[f"blocks.{layer}.ln2.hook_scale"][0, t])
     rows = [_row("token", 0, cache["hook_embed"][0, t], enc, scale)]
     if "hook_pos_embed" in cache.cache_dict:
