@@ -61,7 +61,7 @@ def embedding_noise_std(model) -> float:
         prompt = fact_prompt(record)
         tokens = model.to_tokens(prompt, prepend_bos=False)
         start, end = find_span(model, prompt, record["requested_rewrite"]["subject"], tokens)
-        rows.append(model.embed(tokens)[0, start:end])
+        rows.append(model.embed(tokens)[0, start:end].float())  # the scale in float32 whatever the model's dtype
     std = float(torch.cat(rows).std())
     cache.write_text(json.dumps({"embedding_std": std, "subject_tokens": sum(len(r) for r in rows)}))
     return std
@@ -136,14 +136,14 @@ def trace(model, prompt: str, subject: str, target: str | None = None, kinds=KIN
 
     names = {resid_post(l) for l in range(L)} | {OUTPUT_HOOKS[k](l) for k in kinds if k != "hidden" for l in range(L)}
     clean_logits, clean = model.run_with_cache(tokens, names_filter=lambda n: n in names)
-    probs = clean_logits[0, -1].softmax(-1)
+    probs = clean_logits[0, -1].float().softmax(-1)
     answer_id = int(probs.argmax()) if answer_id is None else answer_id
     high = float(probs[answer_id])
     check_answer_prob(model, answer_id, high)
 
     corruption = Corruption.draw(model, span, samples, std, seed)
     base = BaseRun.record(model, tokens.repeat(samples, 1), fwd_hooks=[corruption.hook()])
-    low = float(base.logits[:, -1].softmax(-1)[:, answer_id].mean())
+    low = float(base.logits[:, -1].float().softmax(-1)[:, answer_id].mean())
 
     # Positions before the subject never see the noise, so restoring them changes nothing: score = low.
     cells = [(kind, t, l) for kind in kinds for t in range(span[0], T) for l in range(L)]

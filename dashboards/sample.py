@@ -155,6 +155,7 @@ def _ffn(model) -> list[Result]:
 def _sae(model, ws: Path, name: str) -> list[Result]:
     from circuits.graph import GraphConfig, graph
     from interp.sae import TrainConfig, load_sae, train
+    from interp.sae.cache import cache_activations
     from interp.sae.train import train_set
     from interp.sae.circuits import attribute
     from interp.sae.evaluate import evaluate, evaluate_set
@@ -180,7 +181,8 @@ def _sae(model, ws: Path, name: str) -> list[Result]:
             attribute(model, transcoders, prompt, layer=1, feature=feature),
             graph(model, prompt, root / "transcoders", GraphConfig(node_threshold=1.0)),
             set_trained, evaluate_set(model, root / "transcoders", tokens=512, progress=False),
-            _attention_sae(model, ws, root / "attn", f"{name}-attn", small)]
+            _attention_sae(model, ws, root / "attn", f"{name}-attn", small),
+            cache_activations(model, [RESID], root / "cache", tokens=1024, seq_len=64, batch_size=8, progress=False)]
 
 
 def _attention_sae(model, ws: Path, folder: Path, name: str, small: dict) -> Result:

@@ -60,11 +60,12 @@ def stream_activations(
         bar.close()
 
 
-def _manifest(model, hooks, corpus, batch_size, seq_len, max_tokens, batches_per_shard, dtype) -> dict:
+def _manifest(model, hooks, corpus, batch_size, seq_len, max_tokens, batches_per_shard, dtype, model_files) -> dict:
     """The settings a shard folder was written with; the fingerprints make a resume with other
     weights or another corpus of the same name refuse instead of mixing shards."""
     return {
         "model": getattr(model.cfg, "spec", model.cfg.model_name), "weights": weights_fingerprint(model),
+        "model_files": model_files, "model_dtype": str(model.cfg.dtype).removeprefix("torch."),
         "hooks": hooks, "corpus": corpus.name, "corpus_content": corpus_fingerprint(corpus),
         "batch_size": batch_size, "seq_len": seq_len, "max_tokens": max_tokens,
         "batches_per_shard": batches_per_shard, "dtype": str(dtype).removeprefix("torch."),
@@ -74,19 +75,20 @@ def _manifest(model, hooks, corpus, batch_size, seq_len, max_tokens, batches_per
 def write_shards(
     model, hooks: list[str] | str, corpus: Corpus, out_dir: str | Path, max_tokens: int,
     batch_size: int = 16, seq_len: int = 128, batches_per_shard: int = 8,
-    dtype: torch.dtype = torch.float32, progress: bool = True,
+    dtype: torch.dtype = torch.float32, progress: bool = True, model_files: str | None = None,
 ) -> Path:
     """Write activations of `hooks` to `out_dir/shard_NNNNN.safetensors`, resuming a partial run.
 
     Each shard holds `tokens` and one tensor per hook, for `batches_per_shard` batches. A folder
-    written with other settings is refused rather than mixed.
+    written with other settings is refused rather than mixed. `model_files` is the fingerprint of the
+    files the model was loaded from (`interp.sae.cache`: training from the folder checks it), if any.
     """
     from safetensors.torch import save_file
 
     hooks = check_hook_names(model, hooks)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = _manifest(model, hooks, corpus, batch_size, seq_len, max_tokens, batches_per_shard, dtype)
+    manifest = _manifest(model, hooks, corpus, batch_size, seq_len, max_tokens, batches_per_shard, dtype, model_files)
     manifest_path = out / "manifest.json"
     if manifest_path.is_file():
         old = json.loads(manifest_path.read_text())

@@ -1,4 +1,4 @@
-"""`interp sae train|eval|features|attribute`: sparse autoencoders and transcoders.
+"""`interp sae train|cache|eval|features|attribute`: sparse autoencoders and transcoders.
 
 `train --layers SPEC` with `{l}` in the hooks trains one SAE per layer, and `--k 16,32` or
 `--expansion 4,8` one per setting, all from the same model passes, into a set folder (`eval` takes it).
@@ -8,6 +8,9 @@ of the corpus, gradients averaged with DistributedDataParallel); only process 0 
 
 `attribute` splits one activation of an attention-output SAE (`--hook blocks.L.attn.hook_z`) over heads
 and source positions (Kissane et al. 2024).
+
+`cache --hooks H1,H2 --tokens N --out DIR` writes a model's activations once; `train --from-cache DIR`
+trains from them without loading the model (many SAEs from one pass of a big model).
 """
 
 from __future__ import annotations
@@ -49,8 +52,25 @@ def register(sub, common) -> None:
     t.add_argument("--seed", type=nonneg_int, default=None)
     t.add_argument("--outlier-ratio", type=nonneg_float, default=None,
                    help="leave out tokens whose norm exceeds this x the median (massive activations; default 10, 0 keeps all)")
+    t.add_argument("--from-cache", default=None, metavar="DIR", help="read the activations from an `interp sae cache` "
+                   "folder instead of running the model (it must match --model, --dtype, --corpus, --seq-len, "
+                   "--lm-batch-size)")
     t.set_defaults(run=run_train)
     declare_outputs(t, out=Output("dir", unless="resume", why="to continue an interrupted run in it"))
+
+    c = actions.add_parser("cache", parents=[common], help="write a model's activations at some hooks to disk, "
+                           "for `train --from-cache`")
+    c.add_argument("--hooks", required=True, help="comma-separated hooks, e.g. blocks.15.hook_resid_post or, with "
+                   "--layers, templates such as 'blocks.{l}.ln2.hook_normalized,blocks.{l}.hook_mlp_out'")
+    c.add_argument("--layers", default=None, help="with {l} in --hooks: 'all', '3,7,15' or '0-29'")
+    c.add_argument("--tokens", type=positive_int, required=True, help="tokens to cache (as many as training will read)")
+    c.add_argument("--corpus", default=None, help="text file, folder, .jsonl, .parquet (default: built-in)")
+    c.add_argument("--seq-len", type=int_range(2), default=128, help="tokens per sequence (default 128)")
+    c.add_argument("--lm-batch-size", type=positive_int, default=16, help="sequences per model forward pass (default 16)")
+    c.add_argument("--cache-dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="stored dtype (bfloat16 halves the disk; training reads float32 either way)")
+    c.add_argument("--out", required=True, help="cache folder (an interrupted run resumes in it)")
+    c.set_defaults(run=run_cache)
 
     e = actions.add_parser("eval", parents=[common], help="L0, explained variance, CE loss score, dead latents")
     e.add_argument("dir", help="SAE folder (ours or sae-lens's), or a set folder from `train --layers` / a sweep: "
@@ -121,6 +141,8 @@ def run_train(args):
     sweep = len(ks) > 1 or len(expansions) > 1
     if args.layers is not None and sweep:
         raise InterpError("--layers and a --k/--expansion list do not combine; give one value, or sweep one layer")
+    if args.from_cache:
+        fields["dtype"] = args.dtype
     d = distributed.setup(args.device)
     try:
         if not d.main:
@@ -129,16 +151,56 @@ def run_train(args):
         if sweep:
             members = sweep_configs(k=ks if len(ks) > 1 else (), expansion=expansions if len(expansions) > 1 else (),
                                     **fields)
-            return train_set(load_model_for(args), members, args.out, resume=args.resume, d=d)
+            return train_set(_model_unless_cached(args), members, args.out, resume=args.resume, d=d,
+                             cache=args.from_cache)
         if args.layers is None:
             cfg = TrainConfig(**fields)  # checked before the model loads
-            return train(load_model_for(args), cfg, args.out, resume=args.resume, d=d)
+            return train(_model_unless_cached(args), cfg, args.out, resume=args.resume, d=d, cache=args.from_cache)
         layer_configs([0], **fields)  # the template and settings, checked before the model loads
-        model = load_model_for(args)
-        members = layer_configs(parse_layers(model, args.layers), **fields)
-        return train_set(model, members, args.out, resume=args.resume, d=d)
+        model = _model_unless_cached(args)
+        members = layer_configs(parse_layers(model or _layer_count(args.model), args.layers), **fields)
+        return train_set(model, members, args.out, resume=args.resume, d=d, cache=args.from_cache)
     finally:
         distributed.teardown(d)
+
+
+def _model_unless_cached(args):
+    """The model, or None when training reads a cache (which is checked against the model's files instead)."""
+    from interp.cli import load_model_for
+
+    return None if args.from_cache else load_model_for(args)
+
+
+def _layer_count(spec: str):
+    """A stand-in with `cfg.n_layers` read from the model's config.json, for layer lists without loading it."""
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig
+
+    from interp.models import resolve_spec
+
+    return SimpleNamespace(cfg=SimpleNamespace(n_layers=AutoConfig.from_pretrained(resolve_spec(spec)).num_hidden_layers))
+
+
+def run_cache(args):
+    import torch
+
+    from interp.cli import load_model_for
+    from interp.errors import InterpError
+    from interp.hooks import parse_layers
+    from interp.sae.cache import cache_activations
+    from interp.sae.config import LAYER
+
+    hooks = [h.strip() for h in args.hooks.split(",") if h.strip()]
+    templated = any(LAYER in h for h in hooks)
+    if templated != (args.layers is not None):
+        raise InterpError(f"--layers goes with {LAYER} in --hooks (both or neither); e.g. --hooks "
+                          f"'blocks.{LAYER}.hook_resid_post' --layers all")
+    model = load_model_for(args)
+    if templated:
+        hooks = [h.replace(LAYER, str(layer)) for layer in parse_layers(model, args.layers) for h in hooks]
+    return cache_activations(model, hooks, args.out, args.tokens, corpus=args.corpus, seq_len=args.seq_len,
+                             batch_size=args.lm_batch_size, dtype=getattr(torch, args.cache_dtype))
 
 
 def run_eval(args):

@@ -20,7 +20,7 @@ K_ARCHS = ("topk", "batchtopk")  # architectures that keep k latents active
 # fields a resumed run may change without changing what it computes
 RESUME_FREE = ("checkpoint_every", "progress", "device")
 # fields every member of one run shares: they decide the activation stream and the step schedule
-SHARED = ("model", "corpus", "tokens", "batch_tokens", "lm_batch_size", "seq_len", "skip_positions", "buffer_tokens",
+SHARED = ("model", "dtype", "corpus", "tokens", "batch_tokens", "lm_batch_size", "seq_len", "skip_positions", "buffer_tokens",
           "mix_fraction", "norm_tokens", "checkpoint_every", "device", "progress")
 LAYER = "{l}"  # stands for the layer in hook templates: blocks.{l}.ln2.hook_normalized
 
@@ -38,6 +38,7 @@ class TrainConfig:
     tokens: int = 2_000_000  # training tokens, all processes together
     corpus: str | None = None  # None: the built-in corpus
     model: str = "smollm2-135m"
+    dtype: str = "float32"  # the model's (its activations'); the SAE and its training are float32 whatever it is
     batch_tokens: int = 1024  # tokens per optimizer step, all processes together
     lm_batch_size: int = 16  # sequences per model forward pass
     seq_len: int = 128
@@ -88,6 +89,8 @@ class TrainConfig:
         for name, hook in (("--hook", self.hook), ("--hook-out", self.hook_out)):
             if hook is not None and LAYER in hook:
                 raise InterpError(f"{name} {hook!r} is a template; pass --layers (e.g. --layers all) to train one per layer")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise InterpError(f"unknown model dtype {self.dtype!r}; use float32, bfloat16 or float16")
         if self.arch not in ARCHS:
             raise InterpError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHS)}")
         if self.hook_out is not None and self.hook_out == self.hook:

@@ -379,26 +379,29 @@ def _prepare_out(out: Path, members: Mapping[str, TrainConfig], resume: bool) ->
     return None
 
 
-def train(model, cfg: TrainConfig, out: str | Path, resume: bool = False, corpus=None, d: Dist | None = None) -> SAETrainResult:
+def train(model, cfg: TrainConfig, out: str | Path, resume: bool = False, corpus=None, d: Dist | None = None,
+          cache: str | Path | None = None) -> SAETrainResult:
     """Train per `cfg` on `model`'s activations, save the SAE to `out`, return a summary result.
 
+    With `cache` (a folder from `interp.sae.cache.cache_activations`) the activations are read from it and
+    `model` may be None: the cache must match `cfg`'s model files, dtype, corpus and cut (checked first).
     Run under torchrun, each process calls this with the same arguments (`d` from
     `distributed.setup`); process 0 writes the files.
     """
-    return _run(model, {"": cfg}, Path(out), resume, corpus, d)[0][0]
+    return _run(model, {"": cfg}, Path(out), resume, corpus, d, cache)[0][0]
 
 
 def train_set(model, members: Mapping[str, TrainConfig], out: str | Path, resume: bool = False, corpus=None,
-              d: Dist | None = None) -> SAESetTrainResult:
+              d: Dist | None = None, cache: str | Path | None = None) -> SAESetTrainResult:
     """Train several SAEs from one pass over the model: member `name` is saved to `out/name` (an sae-lens
     folder, as `train` writes), and `out/set.json` lists them.
 
     Build `members` with `config.layer_configs` (one per layer) or `config.sweep_configs` (settings on one
     hook). Members share the fields in `config.SHARED` (data stream and step schedule); each gets the
-    weights that `train` with its own config would give. Resume and torchrun work as for `train`.
+    weights that `train` with its own config would give. Resume, torchrun and `cache` work as for `train`.
     """
     out = Path(out)
-    results, seconds, tokens_per_s, peak = _run(model, dict(members), out, resume, corpus, d)
+    results, seconds, tokens_per_s, peak = _run(model, dict(members), out, resume, corpus, d, cache)
     frame = pd.DataFrame([{
         "name": name, "folder": r.out, "hook": r.hook, "hook_out": r.hook_out, "layer": hook_layer(r.hook),
         "arch": r.arch, "k": members[name].k, "d_sae": r.d_sae, "loss": r.loss, "l0": r.l0,
@@ -411,34 +414,46 @@ def train_set(model, members: Mapping[str, TrainConfig], out: str | Path, resume
 
 
 def _run(model, members: dict[str, TrainConfig], out: Path, resume: bool, corpus, d: Dist | None,
-         ) -> tuple[list[SAETrainResult], float, float, float]:
-    """Train `members` ({name: config}; the name '' saves to `out` itself) from one activation stream.
+         cache: str | Path | None = None) -> tuple[list[SAETrainResult], float, float, float]:
+    """Train `members` ({name: config}; the name '' saves to `out` itself) from one activation stream
+    (the model's, or a cache folder's).
 
     Returns (per-member results, seconds, tokens/s, peak resident memory in MB).
     """
     from interp.corpus import load_corpus
 
     d = d or Dist()
-    spec = getattr(model.cfg, "spec", None)
-    members = {name: dataclasses.replace(cfg, model=spec or cfg.model) for name, cfg in members.items()}
+    if model is not None:  # what made the activations, as the model says
+        spec, dtype = getattr(model.cfg, "spec", None), str(model.cfg.dtype).removeprefix("torch.")
+        members = {name: dataclasses.replace(cfg, model=spec or cfg.model, dtype=dtype) for name, cfg in members.items()}
     if list(members) != [""]:
         check_members(members)
     cfg = next(iter(members.values()))  # the shared fields
     hooks = {name: [c.hook] + ([c.hook_out] if c.hook_out else []) for name, c in members.items()}
-    dims = hook_dims(model, list(dict.fromkeys(h for hs in hooks.values() for h in hs)))
-    corpus = corpus if corpus is not None else load_corpus(cfg.corpus)
+    all_hooks = list(dict.fromkeys(h for hs in hooks.values() for h in hs))
+    if cache is None:
+        dims = hook_dims(model, all_hooks)
+        corpus = corpus if corpus is not None else load_corpus(cfg.corpus)
+        corpus_name = corpus.name
+        source = ActivationSource(model, all_hooks, distributed.shard(corpus, d), cfg.lm_batch_size, cfg.seq_len,
+                                  cfg.skip_positions)
+    else:
+        from interp.sae.cache import CachedSource, check_cache
+
+        corpus_name = check_cache(cache, all_hooks, cfg.model, cfg.dtype, cfg.corpus, cfg.seq_len,
+                                  cfg.lm_batch_size)["corpus"]
+        source = CachedSource(cache, all_hooks, cfg.lm_batch_size, cfg.skip_positions, d)
+        dims = source.dims()
     resume_from = _prepare_out(out, members, resume)
     distributed.barrier(d)
     trainers = []
     for name, c in members.items():
         metadata = {"model_name": c.model, "hook_name": c.hook, "hook_name_out": c.hook_out,
-                    "context_size": c.seq_len, "prepend_bos": False, "dataset_path": corpus.name,
+                    "context_size": c.seq_len, "prepend_bos": False, "dataset_path": corpus_name,
                     "skip_positions": c.skip_positions, "interp_arch": c.arch}
         c.d_sae(dims[c.hook])  # k against the width, now that d_in is known
         trainers.append(Trainer(c, dims[c.hook], dims[c.hook_out] if c.hook_out else None, metadata, d,
                                 name=name, folder=out / name if name else out))
-    source = ActivationSource(model, list(dims), distributed.shard(corpus, d), cfg.lm_batch_size, cfg.seq_len,
-                              cfg.skip_positions)
     rows = SplitRows(source, list(hooks.values()))
     start_step = 0
     if resume_from is not None:
