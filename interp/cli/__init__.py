@@ -17,7 +17,7 @@ import os
 import sys
 
 from interp.cli.outputs import HTML, WORKSPACE, check_outputs, declare_outputs, html_paths
-from interp.cli.types import device, dtype
+from interp.cli.types import device, dtype, positive_int
 from interp.errors import USER_ERRNOS, InterpError, file_error
 
 COMMAND_MODULES = [
@@ -52,6 +52,10 @@ def common_parser() -> argparse.ArgumentParser:
                         "(default: cpu)")
     common.add_argument("--dtype", default="float32", type=dtype, help="model weights and activations: float32, "
                         "bfloat16 or float16 (default: float32); fits, covariances and SAE training stay float32")
+    common.add_argument("--n-devices", type=positive_int, default=1, help="split the layers over this many GPUs "
+                        "from --device on (TransformerLens's layer split; default 1)")
+    common.add_argument("--device-map", default=None, choices=["auto"], help="auto: let transformers/accelerate "
+                        "place the model over every GPU, then CPU memory (loads through TransformerBridge)")
     common.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     common.add_argument("--workspace", default=None, help="save the result into this workspace folder")
     common.add_argument("--html", default=None, metavar="FILE",
@@ -74,7 +78,8 @@ def load_model_for(args):
     """The hooked model named by `--model`, loaded with progress on stderr."""
     from interp.models import load_model
 
-    return load_model(args.model, device=args.device, dtype=args.dtype)
+    return load_model(args.model, device=args.device, dtype=args.dtype, n_devices=args.n_devices,
+                      device_map=args.device_map)
 
 
 def _save(results, args, saved: list[str]) -> None:

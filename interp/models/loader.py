@@ -219,7 +219,7 @@ def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
 
 
 def load_model(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype: torch.dtype | str = torch.float32,
-               loader: str = "auto"):
+               loader: str = "auto", n_devices: int = 1, device_map: str | None = None):
     """A hooked model for `spec`, its weights in `dtype`
     (float32, bfloat16 or float16, a torch dtype or its name) on `device`.
 
@@ -227,6 +227,11 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype: torch.dtyp
     converts the architecture, else a `BridgeModel` (TransformerLens's `TransformerBridge` around the Hugging Face
     model) for any causal LM transformers loads; `loader` forces one ("hooked-transformer", "transformer-bridge")
     and `model.loader` says which built it. Both fire the same hook names.
+
+    Bigger than one device: `n_devices` > 1 splits a `HookedModel`'s layers over cuda:0..N-1 (TransformerLens's
+    pipeline split: the residual moves to the next GPU between blocks); `device_map="auto"` lets
+    transformers/accelerate place the Hugging Face model over every GPU (then CPU memory, then disk) and wraps
+    it in a `BridgeModel`.
 
     No BOS token is prepended by default (SmolLM2's tokenizer adds none either); `model.cfg.spec`
     remembers the spec so results can say which model made them.
@@ -238,21 +243,61 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "cpu", dtype: torch.dtyp
     dtype = as_dtype(dtype)
     if loader not in LOADERS:
         raise InterpError(f"unknown loader {loader!r}; use {', '.join(LOADERS)}")
+    check_placement(device, n_devices, device_map, loader)
     folder = resolve_spec(spec)
-    cfg = None if loader == "transformer-bridge" else _hooked_config(folder, device, dtype)
+    bridge_only = loader == "transformer-bridge" or device_map is not None
+    cfg = None if bridge_only else _hooked_config(folder, device, dtype, n_devices)
     if cfg is not None:
         model = _load_hooked(folder, cfg, device, dtype)
     elif loader == "hooked-transformer":
         raise InterpError(f"TransformerLens's HookedTransformer cannot convert the model in {folder}; "
                           f"load it with loader='auto' (through TransformerBridge)")
+    elif n_devices > 1:
+        raise InterpError(f"n_devices splits HookedTransformer models only; load the model in {folder} with "
+                          "device_map='auto' (--device-map auto) instead")
     else:
-        model = _load_bridged(folder, device, dtype)
+        model = _load_bridged(folder, device, dtype, device_map)
     model.cfg.spec = spec
     model.cfg.model_name = spec_name(spec)
     return model
 
 
-def _hooked_config(folder: Path, device: str, dtype: torch.dtype):
+def check_placement(device: str, n_devices: int, device_map: str | None, loader: str = "auto") -> None:
+    """Raise a one-line InterpError unless the placement options can work here (before anything loads)."""
+    if device_map not in (None, "auto"):
+        raise InterpError(f"unknown device map {device_map!r}; use auto")
+    if device_map is not None and loader == "hooked-transformer":
+        raise InterpError("device_map='auto' places a Hugging Face model: use loader='auto' or 'transformer-bridge'")
+    if n_devices < 1:
+        raise InterpError(f"n_devices must be 1 or more (got {n_devices})")
+    if n_devices == 1:
+        return
+    if device_map is not None:
+        raise InterpError("pass either --n-devices or --device-map auto, not both")
+    if torch.device(device).type != "cuda":
+        raise InterpError(f"--n-devices {n_devices} splits the layers over CUDA devices; pass --device cuda")
+    available = torch.cuda.device_count() - (torch.device(device).index or 0)
+    if available < n_devices:
+        raise InterpError(f"--n-devices {n_devices} needs {n_devices} CUDA devices from {device}; this machine has "
+                          f"{max(available, 0)}: pass --n-devices {max(available, 1)} or --device-map auto")
+
+
+def _split_layers(model) -> None:
+    """Place a `HookedTransformer` as its forward pass expects with `cfg.n_devices` > 1: the embeddings on the
+    first block's device, block i on TransformerLens's `get_device_for_block_index(i)` (consecutive layers
+    share a GPU), the final norm and unembedding with the last block."""
+    from transformer_lens.utilities.multi_gpu import get_device_for_block_index
+
+    place = [get_device_for_block_index(i, model.cfg) for i in range(model.cfg.n_layers)]
+    for name, module in model.named_children():
+        if name == "blocks":
+            for block, device in zip(module, place):
+                block.to(device)
+        else:
+            module.to(place[-1] if name in ("ln_final", "unembed") else place[0])
+
+
+def _hooked_config(folder: Path, device: str, dtype: torch.dtype, n_devices: int = 1):
     """TransformerLens's `HookedTransformer` config for the model in `folder` (read first: it fails fast, before
     the weights load), or None when TransformerLens does not map its architecture."""
     from transformer_lens import loading_from_pretrained as loading
@@ -260,20 +305,23 @@ def _hooked_config(folder: Path, device: str, dtype: torch.dtype):
     with _loading(folder), _legacy_config_names():
         try:
             return loading.get_pretrained_model_config(
-                _neutral_path(folder), fold_ln=False, device=device, dtype=dtype, default_prepend_bos=False
+                _neutral_path(folder), fold_ln=False, device=device, dtype=dtype, default_prepend_bos=False,
+                n_devices=n_devices,
             )
         except NotImplementedError:  # "<Architecture> is not currently supported."
             return None
 
 
-def _load_bridged(folder: Path, device: str, dtype: torch.dtype):
-    """A `BridgeModel` around the Hugging Face model in `folder` (eager attention, so patterns can be hooked)."""
+def _load_bridged(folder: Path, device: str, dtype: torch.dtype, device_map: str | None = None):
+    """A `BridgeModel` around the Hugging Face model in `folder` (eager attention, so patterns can be hooked),
+    on `device`, or placed by accelerate with `device_map`."""
     from interp.models.bridge import boot_bridge, check_bridge_supports
 
     check_bridge_supports(folder)  # before the weights load
-    hf_model, tokenizer = _load_hf_folder(folder, dtype, attn_implementation="eager")
+    placement = {"device_map": device_map} if device_map else {}
+    hf_model, tokenizer = _load_hf_folder(folder, dtype, attn_implementation="eager", **placement)
     with _loading(folder):
-        return boot_bridge(folder, hf_model.to(device), tokenizer)
+        return boot_bridge(folder, hf_model if device_map else hf_model.to(device), tokenizer)
 
 
 def _return_freed_memory() -> None:
@@ -315,7 +363,10 @@ def _load_hooked(folder: Path, cfg, device: str, dtype: torch.dtype):
                 _return_freed_memory()
         _return_freed_memory()
     with contextlib.redirect_stdout(io.StringIO()):  # and while moving devices
-        model.to(device)
+        if cfg.n_devices > 1:
+            _split_layers(model)
+        else:
+            model.to(device)
     install_fast_paths(model)
     model.eval()
     return model
