@@ -6,7 +6,7 @@ from interp.cli.types import integer, positive_int
 
 def register(sub, common) -> None:
     p = sub.add_parser("ffn", parents=[common], help="MLP sub-updates in vocabulary space (Geva et al. 2022)")
-    p.add_argument("prompt")
+    p.add_argument("prompt", help="text whose next-token prediction to follow, e.g. \"The Eiffel Tower is located in the city of\"")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--layer", type=integer, default=None, help="one layer (-1 the last)")
     where.add_argument("--layers", default="all", help="'all' (default), '5', '3,7' or '20-29'")
