@@ -27,11 +27,12 @@ def test_curve_is_the_papers_formula():
 
 def test_peak_step_is_where_the_slope_vanishes():
     lam, gamma, t0 = 0.8, 0.002, 0.5
-    step = peak_step(lam, gamma, t0)
+    step = peak_step(1.0, lam, gamma, t0)
     values = curve(np.array([step - 1, step, step + 1]), 1.0, lam, gamma, t0, 0.0)
     assert values[1] > values[0] and values[1] > values[2]
-    assert peak_step(0.0, gamma, t0) is None  # a pure logarithm never turns
-    assert peak_step(0.8, gamma, 10.0) is None  # the turn lies before step 0
+    assert peak_step(1.0, 0.0, gamma, t0) is None  # a pure logarithm never turns
+    assert peak_step(1.0, 0.8, gamma, 10.0) is None  # the turn lies before step 0
+    assert peak_step(-1.0, lam, gamma, t0) is None  # there it is a minimum
 
 
 @pytest.mark.parametrize("truth", [(50.0, 0.8, 0.002, 0.5, 20.0), (-4.0, 0.05, 0.01, 1.5, 100.0)])
@@ -73,17 +74,17 @@ def synthetic_checkpoints(steps, per_layer) -> CheckpointResult:
 
 def test_massive_dynamics_fits_each_layer_and_saves_without_nan(tmp_path):
     truth = curve(STEPS, 50.0, 0.8, 0.002, 0.5, 20.0)
-    result = massive_dynamics(synthetic_checkpoints(STEPS, [truth, np.full(len(STEPS), 3.0)]))
+    result = massive_dynamics(synthetic_checkpoints(STEPS, [truth, np.full(len(STEPS), 3.0)]), quantity="ratio")
     fits = result.to_frame().set_index("layer")
     assert fits.loc[0, "status"] == "ok" and fits.loc[0, "r2"] > 0.9999
-    assert fits.loc[0, "peak_step"] == pytest.approx(peak_step(0.8, 0.002, 0.5), rel=1e-3)
+    assert fits.loc[0, "peak_step"] == pytest.approx(peak_step(50.0, 0.8, 0.002, 0.5), rel=1e-3)
     assert "constant" in fits.loc[1, "status"]
     json.dumps(result.to_dict(), allow_nan=False)
     assert "layer 1: no fit" in result.summary() and len(result.figure().data) == 3
     back = Result.read(result.save(tmp_path))
     assert back.to_frame()["status"].tolist() == result.to_frame()["status"].tolist()
-    top = massive_dynamics(synthetic_checkpoints(STEPS, [truth, truth]), quantity="top")
-    assert top.data["value"].max() == pytest.approx(10 * truth.max())
+    top = massive_dynamics(synthetic_checkpoints(STEPS, [truth, truth]))  # the largest |h|, by default
+    assert top.quantity == "top" and top.data["value"].max() == pytest.approx(10 * truth.max())
     with pytest.raises(InterpError, match="unknown quantity"):
         massive_dynamics(synthetic_checkpoints(STEPS, [truth]), quantity="mean")
 
@@ -103,12 +104,13 @@ def test_trained_checkpoints_and_cli(tmp_path, capsys):
                       lr=1e-2, warmup=1)
     train_checkpoints(tmp_path / "ckpt", steps=6, save_every=1, corpus=str(corpus), config=cfg)
     assert main(["outliers", "--checkpoints", str(tmp_path / "ckpt"), "--corpus", str(corpus), "--tokens", "64",
-                 "--seq-len", "32", "--batch-size", "2", "--ppl-tokens", "0", "--json"]) == 0
+                 "--seq-len", "32", "--batch-size", "2", "--ppl-tokens", "0", "--fit", "ratio", "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
     kinds = [r["kind"] for r in payload["results"]]
     assert kinds == ["outlier_checkpoints", "massive_dynamics"]
     fits = payload["results"][1]["fits"]
     assert [f["layer"] for f in fits] == [0, 1, 2] and all(f["n_points"] == 7 for f in fits)
+    assert payload["results"][1]["quantity"] == "ratio"
     (tmp_path / "empty").mkdir()
     assert main(["outliers", "--checkpoints", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

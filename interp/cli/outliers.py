@@ -27,6 +27,9 @@ def register(sub, common) -> None:
                    help="corpus tokens for the zero/mean perplexity test; 0 skips it (default: 1024)")
     p.add_argument("--checkpoints", nargs="+", default=None, metavar="SPEC",
                    help="compare these models, or every checkpoint folder in one folder (ignores --model)")
+    p.add_argument("--fit", choices=["top", "ratio"], default="top",
+                   help="--checkpoints: fit the training curve to each layer's largest |h| (default) or to its "
+                        "ratio to the median (the Hidden Dynamics paper's quantity)")
     p.add_argument("--by-domain", action="store_true",
                    help="active/dormant heads: sink rate per head on prose, code, lists and numbers (--tokens "
                         "each), or on the domains of a --corpus JSONL whose records carry 'text' and 'domain'")
@@ -50,7 +53,7 @@ def run(args):
         if args.prompts or args.secondary_layers:
             raise InterpError("--checkpoints runs over the corpus; drop the prompts and --secondary-layers")
         result = across_checkpoints(args.checkpoints, args.corpus, device=args.device, **sizes, **thresholds)
-        return [result, massive_dynamics(result)]
+        return [result, massive_dynamics(result, args.fit)]
 
     from interp.cli import load_model_for
     from interp.hooks import parse_layers

@@ -3,10 +3,10 @@ et al. ("Hidden Dynamics of Massive Activations in Transformer Training"):
 
     f(t) = A * exp(-lam * x) * log(x) + K,   x = gamma * t + t0
 
-for the ratio of a layer's largest |h| to its median |h| (their quantity; `quantity="top"` fits the
-largest |h| itself) against the training step t. A is the amplitude, lam the decay rate (0: a pure
-logarithmic climb; larger: an early peak, then decay to K), gamma the time scale, t0 the offset, K
-the level the curve settles at. The peak, where the curve has one, lies at
+for the largest |h| of a layer (`quantity="top"`, the default) or its ratio to the layer's median
+|h| (`quantity="ratio"`, the quantity the paper fits) against the training step t. A is the
+amplitude, lam the decay rate (0: a pure logarithmic climb; larger: an early peak, then decay to K),
+gamma the time scale, t0 the offset, K the level the curve settles at. The peak, where the curve has one (A > 0, lam > 0), lies at
 t = (exp(W(1/lam)) - t0) / gamma (W: Lambert's W).
 
 Fitting follows the paper: steps and values scaled to [0, 1], scipy's trust-region-reflective
@@ -31,7 +31,7 @@ from interp.results import Result, register_result
 PARAMS = ("A", "lam", "gamma", "t0", "K")
 LOWER = np.array([-1e3, 0.0, 1e-3, 1e-3, -1e3])  # in the scaled space (steps and values in [0, 1])
 UPPER = np.array([1e3, 1e2, 1e3, 1e2, 1e3])
-QUANTITIES = ("ratio", "top")
+QUANTITIES = ("top", "ratio")
 
 
 def curve(t, A, lam, gamma, t0, K):
@@ -45,9 +45,10 @@ def r_squared(y: np.ndarray, fitted: np.ndarray) -> float:
     return float(1.0 - ((y - fitted) ** 2).sum() / ((y - y.mean()) ** 2).sum())
 
 
-def peak_step(lam: float, gamma: float, t0: float) -> float | None:
-    """The step of the curve's maximum |value| (its only turning point), or None when it has none after step 0."""
-    if lam <= 0:
+def peak_step(A: float, lam: float, gamma: float, t0: float) -> float | None:
+    """The step of the curve's maximum (its only turning point, a maximum when A > 0), or None when it
+    has none after step 0 (lam = 0: a pure logarithm; A <= 0: the turning point is a minimum)."""
+    if lam <= 0 or A <= 0:
         return None
     from scipy.special import lambertw
 
@@ -101,7 +102,7 @@ def fit_curve(steps, values, *, restarts: int = 8, seed: int = 0) -> dict:
     r2 = r_squared(y, curve(t, *params.values()))
     if not all(math.isfinite(v) for v in [*params.values(), r2]):
         return {**out, "status": "the fit gave non-finite numbers"}
-    return {**out, **params, "r2": r2, "peak_step": peak_step(params["lam"], params["gamma"], params["t0"])}
+    return {**out, **params, "r2": r2, "peak_step": peak_step(params["A"], params["lam"], params["gamma"], params["t0"])}
 
 
 @register_result
@@ -111,7 +112,7 @@ class DynamicsResult(Result):
 
     kind = "massive_dynamics"
     source: str
-    quantity: str  # "ratio" (largest |h| / median |h|, the paper's) or "top" (largest |h|)
+    quantity: str  # "top" (largest |h|) or "ratio" (largest |h| / median |h|, the paper's)
     data: pd.DataFrame  # layer, step, value
     fits: pd.DataFrame  # layer, status, n_points, A, lam, gamma, t0, K, r2, peak_step
 
@@ -128,7 +129,8 @@ class DynamicsResult(Result):
             peaked = ok["peak_step"].notna() & (ok["peak_step"] <= last)
             lines.append(f"{len(ok)} of {len(self.fits)} layers fitted; R^2 mean {ok['r2'].mean():.3f}, min "
                          f"{ok['r2'].min():.3f} (the paper: 0.984 on average over Pythia's layers); {int(peaked.sum())} "
-                         f"layers peak inside training and decay (early peak), {int((~peaked).sum())} still climb")
+                         f"layers peak inside training, then decay (the paper's early peak), {int((~peaked).sum())} "
+                         "have no peak inside training")
         failed = self.fits[self.fits["status"] != "ok"]
         for row in failed.itertuples():
             lines.append(f"layer {row.layer}: no fit: {row.status}")
@@ -165,11 +167,11 @@ class DynamicsResult(Result):
         return fig
 
 
-def massive_dynamics(checkpoints, quantity: str = "ratio", *, restarts: int = 8, seed: int = 0) -> DynamicsResult:
+def massive_dynamics(checkpoints, quantity: str = "top", *, restarts: int = 8, seed: int = 0) -> DynamicsResult:
     """Fit the paper's curve per layer to `checkpoints` (a `CheckpointResult`, whose per-layer table
     holds each checkpoint's largest |h| and its ratio to the median) against the training step."""
     if quantity not in QUANTITIES:
-        raise InterpError(f"unknown quantity {quantity!r}; use 'ratio' (largest/median, the paper's) or 'top'")
+        raise InterpError(f"unknown quantity {quantity!r}; use 'top' (largest |h|) or 'ratio' (largest/median)")
     if restarts < 0:
         raise InterpError(f"restarts must be >= 0, got {restarts}")
     layers = checkpoints.layers
