@@ -43,6 +43,55 @@ def command_lines(work: Path, layer: int) -> list[tuple[str, list[str]]]:
     ]
 
 
+def run_all(model: str, dtype: str, device: str, work: Path, names: list[str] | None = None,
+            ) -> dict[str, dict]:
+    """Run `command_lines` (those in `names`, with what they depend on) with `--json` on `model` in `dtype` on
+    `device`: {name: {"payload": the printed object or None, "seconds": wall time less model loading,
+    "error": the last stderr line or None}}. The model is loaded once and shared (edit, which changes the
+    weights, gets its own, so its time includes loading); CUDA work is synchronised before each time is read."""
+    import contextlib
+    import io
+    import time
+
+    import torch
+
+    import interp.cli as cli
+
+    layer = {"tiny-llama": 1, "tiny-gpt2": 1}.get(model, 15)
+    loaded: dict = {}
+    real_load = cli.load_model_for
+
+    def shared_load(args):
+        if args.command == "edit":
+            return real_load(args)
+        if "model" not in loaded:
+            loaded["model"] = real_load(args)
+        return loaded["model"]
+
+    needs = {"sae eval": "sae train", "sae features": "sae train", "steer": "sae train", "graph": "transcoders"}
+    wanted = None if names is None else set(names) | {needs[n] for n in names if n in needs}
+    out: dict[str, dict] = {}
+    cli.load_model_for = shared_load
+    try:
+        shared_load(cli.build_parser().parse_args(["info", "--model", model, "--dtype", dtype, "--device", device]))
+        for name, argv in command_lines(work, layer):
+            if wanted is not None and name not in wanted:
+                continue
+            stdout, stderr = io.StringIO(), io.StringIO()
+            began = time.perf_counter()
+            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                code = main([*argv, "--model", model, "--dtype", dtype, "--device", device, "--json"])
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+            seconds = time.perf_counter() - began
+            lines = stderr.getvalue().strip().splitlines()
+            out[name] = {"payload": json.loads(stdout.getvalue()) if code == 0 else None, "seconds": seconds,
+                         "error": None if code == 0 else (lines[-1] if lines else f"exit {code}")}
+    finally:
+        cli.load_model_for = real_load
+    return out
+
+
 def run_json(argv: list[str], capsys) -> dict:
     """Run one command line with --json; its printed object (fails the test on a non-zero exit)."""
     code = main([*argv, "--json"])
@@ -64,17 +113,25 @@ def numbers(payload, path: str = "") -> dict[str, float]:
 
 def agreement(a: dict, b: dict, rtol: float, skip: tuple[str, ...] = ("seconds", "tokens_per_s", "memory", "saved",
                                                                       "out", "folder", "path")) -> float:
-    """Share of the numbers two payloads have in common that agree within `rtol` of the larger magnitude
-    (timings, memory and paths left out); 1.0 when they share none."""
+    """Share of the numbers two payloads have in common that agree within `rtol` of the larger magnitude, or
+    of 1% of the largest magnitude in the same field (one array: the path less its indices) for values near
+    zero; timings, memory and paths left out. 1.0 when they share none."""
+    import re
+
     na, nb = numbers(a), numbers(b)
     common = [k for k in na.keys() & nb.keys() if not any(s in k for s in skip)]
     if not common:
         return 1.0
-    scale = max(1e-6, max(abs(na[k]) for k in common))  # a payload-wide floor for values near zero
+    field = {k: re.sub(r"\[\d+\]", "[]", k) for k in common}
+    scale: dict[str, float] = {}
+    for k in common:
+        if math.isfinite(na[k]):
+            scale[field[k]] = max(scale.get(field[k], 0.0), abs(na[k]))
 
-    def close(x: float, y: float) -> bool:
-        if math.isnan(x) or math.isnan(y):
-            return math.isnan(x) and math.isnan(y)
-        return abs(x - y) <= rtol * max(abs(x), abs(y), 1e-3 * scale)
+    def close(k: str) -> bool:
+        x, y = na[k], nb[k]
+        if not (math.isfinite(x) and math.isfinite(y)):
+            return x == y or (math.isnan(x) and math.isnan(y))
+        return abs(x - y) <= rtol * max(abs(x), abs(y), 0.01 * scale.get(field[k], 0.0), 1e-12)
 
-    return sum(close(na[k], nb[k]) for k in common) / len(common)
+    return sum(close(k) for k in common) / len(common)

@@ -37,7 +37,7 @@ def check_coefs(coefs: Sequence[float]) -> list[float]:
 
 def random_control(vector: torch.Tensor, seed: int) -> torch.Tensor:
     """A random direction with the norm of `vector` (standard normal draw from `seed`, rescaled)."""
-    draw = torch.randn(vector.numel(), generator=torch.Generator().manual_seed(seed))
+    draw = torch.randn(vector.numel(), generator=torch.Generator().manual_seed(seed)).to(vector.device, vector.dtype)
     return draw / draw.norm() * vector.norm()
 
 
