@@ -1,6 +1,6 @@
 """Peak memory of `load_model` on a model about twice the default's size, float32 and bfloat16.
 
-    .venv/bin/python benchmarks/memory.py [--layers 36] [--dtypes float32,bfloat16]
+    .venv/bin/python benchmarks/memory.py [--layers 36] [--dtypes float32,bfloat16] [--model SPEC]
 
 Writes a random-init Llama folder (hidden 768, 36 layers, SmolLM2's vocabulary: about 2x the default
 model's 135M parameters) into a temporary folder, then for each dtype loads it with `load_model` in a
@@ -8,7 +8,8 @@ fresh subprocess and reads that process's peak resident memory (VmHWM: ru_maxrss
 parent's, which outlives exec). The process's resident memory just before the call (torch,
 transformers and TransformerLens imported, about 0.5 GB) is subtracted, so the figure is what
 loading costs. Goal: peak about the weights' size in that dtype plus one copy at most, that is a
-ratio peak / weights of 2 or less. Prints a table, then one JSON object.
+ratio peak / weights of 2 or less. `--model SPEC` measures that model instead (e.g. smollm2-135m). Prints a
+table, then one JSON object.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def write_model(folder: Path, layers: int) -> None:
     write_random_model(config, folder)
 
 
-def measure(folder: Path, dtype: str) -> dict:
+def measure(folder: Path | str, dtype: str) -> dict:
     """Load `folder` in `dtype` in a fresh process; its peak and baseline memory (MB) and weight size."""
     out = subprocess.run([sys.executable, "-c", CHILD, str(folder), dtype], capture_output=True, text=True, check=True)
     row = json.loads(out.stdout.strip().splitlines()[-1])
@@ -64,10 +65,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=36)
     parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--model", default=None, help="measure this model spec instead of a random folder")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="interp-memory-") as tmp:
-        folder = Path(tmp) / "model"
-        write_model(folder, args.layers)
+        folder = args.model or Path(tmp) / "model"
+        if args.model is None:
+            write_model(folder, args.layers)
         rows = [measure(folder, dtype) for dtype in args.dtypes.split(",")]
     print(f"{'dtype':<9} {'params':>8} {'weights MB':>10} {'peak MB':>8} {'base MB':>8} {'load MB':>8} {'load/weights':>12}")
     for r in rows:
