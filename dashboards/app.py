@@ -90,13 +90,14 @@ def guard_hosts(app: Dash, allowed: Iterable[str] = ()) -> None:
 
 
 def create_app(workspace: str | Path, model_spec: str | None = None, device: str = "cpu",
-               allowed_hosts: Iterable[str] = ()) -> Dash:
-    """A dashboard over `workspace`; with `model_spec`, typed prompts run on that model (loaded lazily).
+               allowed_hosts: Iterable[str] = (), model_options: dict | None = None) -> Dash:
+    """A dashboard over `workspace`; with `model_spec`, typed prompts run on that model (loaded lazily, with
+    `load_model`'s `model_options`: dtype, n_devices, device_map).
 
     It answers requests addressed to loopback hosts, to the address a `Server` binds it to, and to
     `allowed_hosts` (e.g. this machine's LAN name when serving on 0.0.0.0); others get 403.
     """
-    ctx = Context(workspace, model_spec, device)
+    ctx = Context(workspace, model_spec, device, model_options)
     app = Dash(__name__, assets_folder=str(ASSETS), serve_locally=True, title="interp dashboard",
                update_title=None, suppress_callback_exceptions=True)
     guard_hosts(app, allowed_hosts)

@@ -51,10 +51,12 @@ class LRU:
 class Context:
     """Shared state of one dashboard: workspace, optional live model, caches."""
 
-    def __init__(self, workspace: str | Path, model_spec: str | None = None, device: str = "cpu"):
+    def __init__(self, workspace: str | Path, model_spec: str | None = None, device: str = "cpu",
+                 model_options: dict | None = None):
         self.root = Path(workspace).expanduser().resolve()
         self.model_spec = model_spec
         self.device = device
+        self.model_options = model_options or {}  # more load_model arguments: dtype, n_devices, device_map
         self.model_lock = threading.Lock()
         self._model = None
         self.cache = LRU(64)
@@ -87,5 +89,5 @@ class Context:
             if self._model is None:
                 from interp.models import load_model
 
-                self._model = load_model(self.model_spec, device=self.device)
+                self._model = load_model(self.model_spec, device=self.device, **self.model_options)
             return self._model

@@ -28,7 +28,8 @@ def run(args):
     # Ctrl-C stops it even when started from a parent that ignores SIGINT (background jobs, some test
     # runners); installed before the URL is printed, since whoever reads it may press Ctrl-C at once.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    app = create_app(args.workspace, model_spec=args.model, device=args.device, allowed_hosts=args.allow_host)
+    app = create_app(args.workspace, model_spec=args.model, device=args.device, allowed_hosts=args.allow_host,
+                     model_options={"dtype": args.dtype, "n_devices": args.n_devices, "device_map": args.device_map})
     server = Server(app, args.host, args.port)
     if args.json:
         print(json.dumps({"url": server.url, "workspace": args.workspace}), flush=True)

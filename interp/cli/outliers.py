@@ -52,7 +52,8 @@ def run(args):
 
         if args.prompts or args.secondary_layers:
             raise InterpError("--checkpoints runs over the corpus; drop the prompts and --secondary-layers")
-        result = across_checkpoints(args.checkpoints, args.corpus, device=args.device, **sizes, **thresholds)
+        result = across_checkpoints(args.checkpoints, args.corpus, device=args.device, dtype=args.dtype, **sizes,
+                                    **thresholds)
         return [result, massive_dynamics(result, args.fit)]
 
     from interp.cli import load_model_for

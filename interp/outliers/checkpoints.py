@@ -276,14 +276,16 @@ class CheckpointResult(Result):
 
 def across_checkpoints(specs: str | Path | Sequence[str | Path], corpus=None, *, max_tokens: int = DEFAULT_TOKENS,
                        batch_size: int = DEFAULT_BATCH, seq_len: int = DEFAULT_SEQ_LEN,
-                       ppl_tokens: int = DEFAULT_PPL_TOKENS, device: str = "cpu", **thresholds) -> CheckpointResult:
-    """Run `analyze_outliers` on each checkpoint (model specs, or one folder of checkpoint folders) over
-    the same corpus tokens and tabulate how the phenomena change. `thresholds` go to `analyze_outliers`."""
+                       ppl_tokens: int = DEFAULT_PPL_TOKENS, device: str = "cpu", dtype: str = "float32",
+                       **thresholds) -> CheckpointResult:
+    """Run `analyze_outliers` on each checkpoint (model specs, or one folder of checkpoint folders, each loaded
+    on `device` in `dtype`) over the same corpus tokens and tabulate how the phenomena change. `thresholds` go
+    to `analyze_outliers`."""
     from interp.models import load_model
 
     rows, per_layer, analysis = [], [], None
     for spec, step in tqdm(resolve_checkpoints(specs), desc="checkpoints", unit="model"):
-        model = load_model(spec, device=device)
+        model = load_model(spec, device=device, dtype=dtype)
         analysis = analyze_outliers(model, corpus=corpus, max_tokens=max_tokens, batch_size=batch_size,
                                     seq_len=seq_len, ppl_tokens=ppl_tokens, **thresholds)
         row, layers = checkpoint_rows(spec, step, analysis)
