@@ -12,7 +12,7 @@ def register(sub, common) -> None:
                    "or several joined with + (cities+neg_cities)")
     p.add_argument("--layers", default="all", help="'all', '5', '3,7' or '4-8' (default: all)")
     p.add_argument("--method", default=None, help="comma list of logistic, mass-mean, mass-mean-iid, ridge "
-                   "(default: logistic,mass-mean; ridge for continuous labels)")
+                   "(default: logistic,mass-mean; ridge for continuous labels; --trajectory: mass-mean,mass-mean-iid)")
     p.add_argument("--position", default="last", help="last, mean, mark (the row's 'mark' word) or a token index")
     p.add_argument("--test", default="", help="comma list of datasets to test the probes on (e.g. neg_cities)")
     p.add_argument("--folds", type=int_range(2), default=5, help="cross-validation folds (default: 5)")
@@ -95,9 +95,11 @@ def _trajectory_or_checkpoints(args, dataset):
     from interp.cli import load_model_for
     from interp.hooks import parse_layers
     from probes.collect import parse_position
+    from probes.trajectory import METHODS
 
     position = parse_position(args.position)
-    methods = [m.strip() for m in (args.method or "logistic,mass-mean").split(",") if m.strip()]
+    chosen = args.method or ("logistic,mass-mean" if args.checkpoints else ",".join(METHODS))
+    methods = [m.strip() for m in chosen.split(",") if m.strip()]
     if args.checkpoints:
         from probes.checkpoints import probe_checkpoints
 
