@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PROMPT := The Eiffel Tower is located in the city of
 
-.PHONY: setup main test browser bench
+.PHONY: setup main test browser bench gpu-check
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -33,3 +33,9 @@ test: setup browser
 
 bench: setup
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
+
+# On a machine with CUDA: every command on the GPU against the CPU (tests/test_cuda.py), then each command's
+# time on both (benchmarks/gpu.py) from the same runs; about 5-8 minutes on one H200
+gpu-check: setup
+	export INTERP_RUNS_DIR=$$(mktemp -d); $(VENV)/bin/pytest -q tests/test_cuda.py; status=$$?; \
+	  $(PY) benchmarks/gpu.py && exit $$status

@@ -48,7 +48,25 @@ def run_all(model: str, dtype: str, device: str, work: Path, names: list[str] | 
     """Run `command_lines` (those in `names`, with what they depend on) with `--json` on `model` in `dtype` on
     `device`: {name: {"payload": the printed object or None, "seconds": wall time less model loading,
     "error": the last stderr line or None}}. The model is loaded once and shared (edit, which changes the
-    weights, gets its own, so its time includes loading); CUDA work is synchronised before each time is read."""
+    weights, gets its own, so its time includes loading); CUDA work is synchronised before each time is read.
+
+    With INTERP_RUNS_DIR set, a full run (`names` None) is kept there as JSON and read back by a later call for
+    the same model, dtype and device: `make gpu-check` runs the CUDA tests and then the GPU benchmark on the
+    same runs instead of twice.
+    """
+    import os
+
+    memo = Path(os.environ["INTERP_RUNS_DIR"]) / f"{model}-{dtype}-{device}.json" \
+        if os.environ.get("INTERP_RUNS_DIR") and names is None else None
+    if memo is not None and memo.is_file():
+        return json.loads(memo.read_text())
+    out = _run_all(model, dtype, device, work, names)
+    if memo is not None:
+        memo.write_text(json.dumps(out))
+    return out
+
+
+def _run_all(model: str, dtype: str, device: str, work: Path, names: list[str] | None) -> dict[str, dict]:
     import contextlib
     import io
     import time

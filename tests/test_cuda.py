@@ -1,7 +1,7 @@
 """Every command on a CUDA device (skipped without one): tiny-llama and the default model, float32 and bfloat16,
 each compared with the same command on CPU in float32.
 
-    flock /tmp/cpu.lock .venv/bin/pytest -q tests/test_cuda.py      # about 5 minutes on one H200 with 16 cores
+    make gpu-check     # these tests, then benchmarks/gpu.py on the same runs: about 5-8 minutes on one H200
 
 Runs go through the command line (`tests/commands.py`), one model load per model, dtype and device. Results must
 agree number by number with the CPU run (a share of the numbers in each command's JSON within a relative
