@@ -128,7 +128,7 @@ def _write_hooks(writes: list[tuple[int, Write]], n_base: int, start_pos: int, d
         def hook(act, hook, ops=ops):
             for rows, pos, head, vals in ops:
                 index = (rows, slice(None) if pos is None else pos) + (() if head is None else (head,))
-                act[index] = vals.to(act.dtype)
+                act[index] = vals.to(act.device, act.dtype)  # layers split over GPUs: the block's own device
             return act
 
         hooks.append((name, hook))

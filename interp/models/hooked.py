@@ -49,6 +49,13 @@ class HookedModel(CheckedHooks, HookedTransformer):
 
     loader = "hooked-transformer"
 
+    def run_with_cache(self, *args: Any, **kwargs: Any):
+        """With the layers split over GPUs (`cfg.n_devices` > 1) the cache is gathered onto the first one, where
+        the analyses combine layers; otherwise TransformerLens's (names checked)."""
+        if self.cfg.n_devices > 1:
+            kwargs.setdefault("device", self.cfg.device)
+        return super().run_with_cache(*args, **kwargs)
+
     def expose_all_hooks(self, on: bool = True) -> None:
         """Also fire the optional hooks (per-head results, split q/k/v inputs, attn and MLP inputs).
 
