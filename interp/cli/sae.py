@@ -63,14 +63,17 @@ def register(sub, common) -> None:
     c.add_argument("--hooks", required=True, help="comma-separated hooks, e.g. blocks.15.hook_resid_post or, with "
                    "--layers, templates such as 'blocks.{l}.ln2.hook_normalized,blocks.{l}.hook_mlp_out'")
     c.add_argument("--layers", default=None, help="with {l} in --hooks: 'all', '3,7,15' or '0-29'")
-    c.add_argument("--tokens", type=positive_int, required=True, help="tokens to cache (as many as training will read)")
+    c.add_argument("--tokens", type=positive_int, default=None, help="tokens to cache (required: as many as training "
+                   "will read, its --tokens plus --buffer-tokens and the normalisation's 8192)")
     c.add_argument("--corpus", default=None, help="text file, folder, .jsonl, .parquet (default: built-in)")
     c.add_argument("--seq-len", type=int_range(2), default=128, help="tokens per sequence (default 128)")
     c.add_argument("--lm-batch-size", type=positive_int, default=16, help="sequences per model forward pass (default 16)")
     c.add_argument("--cache-dtype", default="float32", choices=["float32", "bfloat16"],
                    help="stored dtype (bfloat16 halves the disk; training reads float32 either way)")
-    c.add_argument("--out", required=True, help="cache folder (an interrupted run resumes in it)")
+    c.add_argument("--out", required=True, help="cache folder")
+    c.add_argument("--resume", action="store_true", help="continue an interrupted cache in --out")
     c.set_defaults(run=run_cache)
+    declare_outputs(c, out=Output("dir", unless="resume", why="to continue an interrupted cache in it"))
 
     e = actions.add_parser("eval", parents=[common], help="L0, explained variance, CE loss score, dead latents")
     e.add_argument("dir", help="SAE folder (ours or sae-lens's), or a set folder from `train --layers` / a sweep: "
@@ -191,6 +194,8 @@ def run_cache(args):
     from interp.sae.cache import cache_activations
     from interp.sae.config import LAYER
 
+    if args.tokens is None:
+        raise InterpError("interp sae cache needs --tokens N: as many as the trainings will read")
     hooks = [h.strip() for h in args.hooks.split(",") if h.strip()]
     templated = any(LAYER in h for h in hooks)
     if templated != (args.layers is not None):
