@@ -148,7 +148,7 @@ def test_model_view_is_one_png_of_every_head_at_its_grid_cell():
     image, grid = fig.data
     assert image.type == "image" and image.source.startswith("data:image/png;base64,")
     assert grid.type == "heatmap" and np.asarray(grid.z).shape == (30, 9)
-    assert len(fig.to_json()) < 300_000  # one small image, not 270 heatmaps of 256 x 256
+    assert len(fig.to_json()) < 1_500_000  # random patterns compress badly; 270 uint8 heatmaps would be 17.7 MB
 
 
 def test_model_view_of_a_model_matches_its_saved_patterns(tiny_llama):
@@ -289,13 +289,12 @@ def test_model_view_and_neuron_view_in_chromium(page, server, app):
     page.click("#attn-run")
     page.wait_for_function("document.querySelectorAll('#attn-strip .tok').length == 256")
     page.check("#attn-view input[value='model']")
-    page.wait_for_function(f"{MODEL_PLOT}?._fullData?.length == 2 && !!document.querySelector('#attn-model-box "
-                           "image')?.getAttribute('href')")
+    page.wait_for_function(f"{MODEL_PLOT}?._fullData?.length == 2 && !!document.querySelector('#attn-model-box image')")
     assert page.evaluate(f"{MODEL_PLOT}._fullData[1].z.length") == 3
     assert page.evaluate(f"{MODEL_PLOT}._fullData[1].z[0].length") == 4
     size = page.evaluate("""() => new Promise(r => { const img = new Image();
       img.onload = () => r([img.naturalHeight, img.naturalWidth]);
-      img.src = document.querySelector('#attn-model-box image').getAttribute('href'); })""")
+      img.src = document.querySelector('#attn-model-box .js-plotly-plot').data[0].source; })""")
     assert size == [3 * (32 + 2 * PAD), 4 * (32 + 2 * PAD)]  # 3 x 4 thumbnails of 32 px in one image
     assert not page.locator("#attn-head-box").is_visible() and not page.locator("#attn-neuron-box").is_visible()
     shot(page, "attention_model_view")
@@ -314,8 +313,7 @@ def test_model_view_and_neuron_view_in_chromium(page, server, app):
     assert page.evaluate(f"{NEURON_PLOT}._fullData[0].z.length") == 1  # head 3 only
     page.check("#attn-head input[value='all']")
     page.wait_for_function(f"{NEURON_PLOT}?._fullData?.[0]?.z?.length == 4")
-    assert page.locator("#attn-neuron-table tbody tr").count() == 1 + 4  # header row and 4 heads
+    assert page.locator("#attn-neuron-table td[data-dash-column='kv_head']").all_inner_texts() == ["0", "0", "1", "1"]
     shot(page, "attention_neuron_view")
     click_cell(page, "#attn-neuron-box .js-plotly-plot", f"7:{prompt[7]}", "head 0 (k 0)", "4")
-    page.wait_for_function("document.querySelector('#attn-key')?.textContent.includes('7: ')")
     page.wait_for_function(f"{NEURON_PLOT}?.layout?.title?.text?.includes('key 7:')")
