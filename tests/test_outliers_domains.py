@@ -102,8 +102,7 @@ def test_cli_by_domain(tiny_llama, capsys, tmp_path):
 
     assert main(["outliers", "--by-domain", "--model", "tiny-llama", "--tokens", "128", "--seq-len", "64",
                  "--json"]) == 0
-    payload = json.loads(capsys.readouterr().out)
-    (result,) = payload["results"]
+    result = json.loads(capsys.readouterr().out)  # one result: printed on its own
     assert result["kind"] == "domain_sinks" and result["domains"] == list(DOMAINS)
     assert result["n_tokens"] == [128] * 4
     saved = Result.read(DomainSinkResult(**{k: v for k, v in result.items() if k != "kind"} | {
