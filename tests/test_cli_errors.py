@@ -173,6 +173,8 @@ CASES = [
     (["outliers", *M, "--corpus", "{tmp}/latin1.jsonl", "--tokens", "64", "--ppl-tokens", "0"], "save it as UTF-8",
      None),
     (["outliers", *M, "--corpus", "{tmp}/garbage.parquet", "--ppl-tokens", "0"], "Parquet", None),
+    (["outliers", *M, "--by-domain", "--corpus", "{tmp}/latin1.jsonl"], "save it as UTF-8", "model"),
+    (["outliers", "hi", *M, "--by-domain"], "drop the prompts", "model"),
     (["sae", "eval", "{big_k}", *M], "k must be", "model"),
     (["sae", "eval", "{text_norm}", *M], "max_norm", "model"),
     # probe --steer settings, before the sweep
