@@ -3,7 +3,8 @@
 bertviz draws each head as lines between tokens; at 30 layers x 9 heads and 256 tokens that is 17 million
 lines, and 270 plotly heatmaps of 256 x 256 would be as slow. Here each head's [T, T] pattern is
 max-pooled to at most `size` x `size` pixels (max, not mean, so a one-cell-wide diagonal or a sink column
-stays visible), scaled to its own peak and coloured, and all heads are tiled into ONE small PNG
+stays visible), shaded by sqrt(weight / the head's peak) (the peak over every query but the first, which
+can only attend to itself; the square root lifts faint spread-out heads), and all heads are tiled into ONE small PNG
 (layers as rows, heads as columns) that the browser draws as a single image. A transparent
 [layers, heads] heatmap over it carries the hover text and the click that opens a head in the head view.
 
@@ -60,8 +61,8 @@ def pool(patterns: np.ndarray | torch.Tensor, size: int = THUMBNAIL, show_first:
 class ModelView:
     """Thumbnails of every head, ready to tile; `peak` and `first` are what the hover shows."""
 
-    thumbnails: np.ndarray  # [layers, heads, S, S] uint8, each head scaled to its own peak
-    peak: np.ndarray  # [layers, heads] float32: the largest attention weight shown in the thumbnail
+    thumbnails: np.ndarray  # [layers, heads, S, S] uint8: 255 * sqrt(block max / peak), clipped
+    peak: np.ndarray  # [layers, heads] float32: the largest weight of any query but the first (shown ones)
     first: np.ndarray  # [layers, heads] float32: mean attention to the first token (queries after it)
     n_tokens: int
     show_first: bool = True
@@ -75,9 +76,10 @@ class ModelView:
         for layer in layers:
             p = np.asarray(layer, dtype=np.float32)
             n_tokens = p.shape[-1]
-            pooled = pool(p, size, show_first)
-            peak = pooled.reshape(pooled.shape[0], -1).max(axis=1)
-            thumbs.append(np.round(255 * pooled / np.maximum(peak, 1e-12)[:, None, None]).astype(np.uint8))
+            body = p[:, 1:, 0 if show_first else 1:]  # the first query attends only to itself (weight 1)
+            peak = body.reshape(p.shape[0], -1).max(axis=1) if body.size else np.zeros(p.shape[0], np.float32)
+            level = np.sqrt(np.clip(pool(p, size, show_first) / np.maximum(peak, 1e-12)[:, None, None], 0, 1))
+            thumbs.append(np.round(255 * level).astype(np.uint8))
             peaks.append(peak)
             firsts.append(p[:, 1:, 0].mean(-1) if n_tokens > 1 else np.zeros(p.shape[0], np.float32))
         return cls(thumbnails=np.stack(thumbs), peak=np.stack(peaks).astype(np.float32),
@@ -114,18 +116,18 @@ class ModelView:
         fig.add_trace(go.Heatmap(
             z=self.peak, customdata=self.first, showscale=False, xgap=0, ygap=0,
             colorscale=[[0, "rgba(0,0,0,0)"], [1, "rgba(0,0,0,0)"]],
-            hovertemplate="layer %{y} head %{x}<br>largest weight %{z:.3f}<br>to the first token "
+            hovertemplate="layer %{y} head %{x}<br>largest weight %{z:.3f}<br>mean weight on the first token "
                           "%{customdata:.3f}<extra>click: open in the head view</extra>"))
-        fig.update_xaxes(range=[-0.5, n_heads - 0.5], dtick=1, side="top", title="head", showgrid=False,
+        fig.update_xaxes(range=[-0.5, n_heads - 0.5], dtick=1, side="top", title=None, showgrid=False,
                          zeroline=False)
         fig.update_yaxes(range=[n_layers - 0.5, -0.5], dtick=1, title="layer", showgrid=False, zeroline=False,
                          scaleanchor="x", constrain="domain")
-        first = "" if self.show_first else ", first token hidden"
+        first = "" if self.show_first else ", no first token"
         fig.update_layout(
-            title=escape_label(title or f"Model view: {n_layers} layers x {n_heads} heads, {self.n_tokens} tokens"
-                               f" (each head scaled to its own largest weight{first})"),
-            width=max(n_heads * cell + 120, 420), height=n_layers * cell + 130, dragmode=False,
-            margin=dict(l=60, r=20, t=90, b=20), plot_bgcolor="#fff")
+            title=dict(text=escape_label(title or f"{n_layers} layers x {n_heads} heads (columns), "
+                                                  f"{self.n_tokens} tokens{first}"), font_size=14),
+            width=max(n_heads * cell + 100, 420), height=n_layers * cell + 110, dragmode=False,
+            margin=dict(l=60, r=20, t=80, b=20), plot_bgcolor="#fff")
         return fig
 
 

@@ -114,12 +114,12 @@ class NeuronView:
 
     def figure(self, heads: list[int] | None = None) -> go.Figure:
         """Heads as rows; columns q, k, q*k (one diverging colour scale each, symmetric about 0) and the
-        softmax row over keys 0..query with the chosen key outlined."""
+        softmax row over keys 0..query (shaded up to its largest weight) with the chosen key outlined."""
         heads = list(range(self.q.shape[0])) if heads is None else heads
-        tok = [escape_label(t) for t in self.tokens]
+        tok = [escape_label(repr(t)) for t in self.tokens]
         rows = [f"head {h} (k {self.kv_head[h]})" for h in heads]
         after = " after RoPE" if self.rotary else ""
-        titles = (f"query q{after} of {self.query}:{tok[self.query]}", f"key k{after} of {self.key}:{tok[self.key]}",
+        titles = (f"query q{after}: {self.query} {tok[self.query]}", f"key k{after}: {self.key} {tok[self.key]}",
                   "q * k (sum / scale = score)", f"softmax: weights of query {self.query}")
         fig = make_subplots(rows=1, cols=4, column_widths=[0.2, 0.2, 0.2, 0.4], horizontal_spacing=0.035,
                             shared_yaxes=True, subplot_titles=titles)
@@ -132,7 +132,8 @@ class NeuronView:
                                      hovertemplate=f"%{{y}} dim %{{x}}<br>{name} %{{z:.4f}}<br>score "
                                                    "%{customdata:.4f}<extra></extra>"), 1, col)
         keys = token_labels(self.tokens[:self.query + 1])
-        fig.add_trace(go.Heatmap(z=self.weights[heads], x=keys, y=rows, colorscale="Blues", zmin=0, zmax=1,
+        fig.add_trace(go.Heatmap(z=self.weights[heads], x=keys, y=rows, colorscale="Blues", zmin=0,
+                                 zmax=float(self.weights[heads].max()),
                                  colorbar=dict(title="weight", len=0.8),
                                  hovertemplate="%{y}<br>key %{x}<br>weight %{z:.4f}<extra>click: pick this key"
                                                "</extra>"), 1, 4)
@@ -140,8 +141,8 @@ class NeuronView:
                       xref="x4", yref="y4", line=dict(color="#d62728", width=2))
         fig.update_yaxes(autorange="reversed")
         fig.update_xaxes(showticklabels=False, col=4)
-        fig.update_layout(title=f"Neuron view, layer {self.layer}: query {self.query}:{tok[self.query]} -> key "
-                                f"{self.key}:{tok[self.key]} (scale {self.scale:.3g})",
+        fig.update_layout(title=f"Neuron view, layer {self.layer}: query {self.query} {tok[self.query]} -> key "
+                                f"{self.key} {tok[self.key]} (scale {self.scale:.3g})",
                           height=max(260, 34 * len(heads) + 150), margin=dict(l=110, r=20, t=80, b=30))
         return fig
 
