@@ -109,11 +109,12 @@ def layer_pattern(model, tokens: torch.Tensor, layer: int) -> np.ndarray:
 
 @register_view("attention")
 def attention_view(result: AttentionResult, entry: Entry, ctx: Context) -> list[Any]:
-    """The sink map and per-head table, and a link that reopens the patterns in the browser."""
+    """The sink map and per-head table, and links that reopen the patterns in the browser (head view, model view)."""
     key = entry_key(entry)
-    link = dcc.Link("Open in the attention browser", href="/attention?" + urllib.parse.urlencode({"saved": entry.name}))
-    return [html.Div(link), figure_section(result, key), table_section(result.to_frame, key, "Per head"),
-            *summary_section(result)]
+    links = [dcc.Link(text, href="/attention?" + urllib.parse.urlencode({"saved": entry.name, "view": view}))
+             for text, view in (("Open in the attention browser", "head"), ("model view (every layer x head)", "model"))]
+    return [html.Div([links[0], " | ", links[1]]), figure_section(result, key),
+            table_section(result.to_frame, key, "Per head"), *summary_section(result)]
 
 
 # -- sources: a typed prompt on the live model, or a saved AttentionResult -----------------------

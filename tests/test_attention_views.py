@@ -260,6 +260,23 @@ def test_neuron_view_without_a_model_says_how_to_get_one(tmp_path, tiny_gpt2):
     assert array(fig[MODEL_FIG]["figure"]["data"][1]["z"]).shape == (3, 4)  # saved patterns need no model
 
 
+def test_the_url_and_the_saved_results_page_open_a_view(tmp_path, tiny_gpt2):
+    from dashboards.app import render
+    from dashboards.attention import attention_page, attention_patterns
+    from dashboards.context import Context
+
+    def boxes(query: dict) -> dict:
+        return {c.id: c.style for c in attention_page(Context(tmp_path), query) if str(getattr(c, "id", "")).endswith("-box")}
+
+    hidden = {"display": "none"}
+    assert boxes({"view": "model"}) == {"attn-head-box": hidden, "attn-model-box": None, "attn-neuron-box": hidden}
+    assert boxes({"view": "<b>"}) == {"attn-head-box": None, "attn-model-box": hidden, "attn-neuron-box": hidden}
+    attention_patterns(tiny_gpt2, PROMPT).save(tmp_path, "cat")
+    page = json.dumps(render(Context(tmp_path), "/result/attention/cat", ""),
+                      default=lambda c: c.to_plotly_json() if hasattr(c, "to_plotly_json") else str(c))
+    assert "/attention?saved=cat&view=model" in page and "/attention?saved=cat&view=head" in page
+
+
 # -- in Chromium -----------------------------------------------------------------------------------------
 from test_dashboard_browser import browser, page, shot, visit  # noqa: E402,F401  (fixtures: offline, no errors)
 
