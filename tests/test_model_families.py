@@ -15,57 +15,17 @@ import torch
 from interp.cli import main
 from interp.errors import InterpError
 from interp.models import load_hf_model, load_model
-from interp.models.tiny import write_random_model
+from interp.models.tiny import FAMILIES, write_family_model
 
 TEXT = "The Eiffel Tower is in Paris, Москва is in Russia."
 BRIDGED = ("gemma2", "gemma3", "olmo2")
-
-
-def _configs() -> dict:
-    """name -> a transformers config of 2 layers and small widths (byte vocabulary of 257)."""
-    import transformers as T
-
-    common = dict(vocab_size=257, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=128, bos_token_id=256, eos_token_id=256,
-                  pad_token_id=256)
-    return {
-        "llama": T.LlamaConfig(**common),
-        "qwen2": T.Qwen2Config(**common),
-        "qwen3": T.Qwen3Config(**common, head_dim=8),
-        "mistral": T.MistralConfig(**common),
-        "phi3": T.Phi3Config(**common),
-        "gpt_neox": T.GPTNeoXConfig(**common),
-        "gpt2": T.GPT2Config(vocab_size=257, n_embd=32, n_layer=2, n_head=4, n_positions=128, bos_token_id=256,
-                             eos_token_id=256, pad_token_id=256),
-        # a soft-cap that bends these small logits, so that forgetting it shows
-        "gemma2": T.Gemma2Config(**common, head_dim=8, final_logit_softcapping=0.5),
-        "gemma3": T.Gemma3TextConfig(**common, head_dim=8),
-        "olmo2": T.Olmo2Config(**common),
-    }
-
-
-def _randomize_norms_and_biases(folder) -> None:
-    """Norm weights and biases are 1 and 0 at initialisation, which would hide a forgotten norm weight, bias or
-    Gemma's (1 + w) offset: give them seeded noise and save again."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or "ln" in name or name.endswith("bias"):
-                p.add_(0.2 * torch.randn(p.shape, generator=g))
-    model.save_pretrained(folder)
+PROMPT = "The Eiffel Tower is located in the city of"
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("families")
-    out = {}
-    for name, config in _configs().items():
-        out[name] = write_random_model(config, root / name)
-        _randomize_norms_and_biases(out[name])
-    return out
+    return {name: write_family_model(name, root / name) for name in FAMILIES}
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +41,7 @@ def _hf(folder):
 # -- loading ----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", list(_configs()))
+@pytest.mark.parametrize("name", FAMILIES)
 def test_family_loads_and_matches_transformers(folders, name):
     model = load_model(str(folders[name]))
     hf, ids = _hf(folders[name])
@@ -126,6 +86,25 @@ def test_both_loaders_fire_the_same_hooks_with_the_same_values(folders, name):
     torch.testing.assert_close(bridge(resid, start_at_layer=1), hooked(resid, start_at_layer=1), atol=2e-5, rtol=0)
     torch.testing.assert_close(bridge(tokens, stop_at_layer=hooked.cfg.n_layers),
                                hooked(tokens, stop_at_layer=hooked.cfg.n_layers), atol=2e-5, rtol=0)
+
+
+def test_restoration_gives_the_same_numbers_on_both_loaders(folders):
+    """Causal tracing and activation patching restore activations in many copies of a run; on the bridge each
+    copy is a whole forward pass entered at block 0 (its blocks cannot run alone), on HookedTransformer only the
+    positions and layers a write can change: the same numbers."""
+    from circuits.patching import patch
+    from circuits.tracing import trace
+
+    hooked = load_model(str(folders["llama"]))
+    bridge = load_model(str(folders["llama"]), loader="transformer-bridge")
+    a, b = (trace(m, "Eiffel Tower is in", "Eiffel", kinds=("hidden", "mlp"), samples=3, noise_std=0.5, window=1,
+                  progress=False) for m in (hooked, bridge))
+    for kind in a.scores:
+        torch.testing.assert_close(b.scores[kind], a.scores[kind], atol=1e-5, rtol=1e-4)
+    a, b = (patch(m, "The Eiffel Tower is in", "The Statue Tower is in") for m in (hooked, bridge))
+    for site in a.logit_diff:
+        torch.testing.assert_close(b.logit_diff[site], a.logit_diff[site], atol=1e-4, rtol=1e-3)
+        torch.testing.assert_close(b.attribution[site], a.attribution[site], atol=1e-4, rtol=1e-3)
 
 
 def test_info_names_the_loader_and_bridge_hooks_are_checked(folders, bridged, capsys):
@@ -265,17 +244,16 @@ def test_analyses_refuse_what_they_cannot_honour(folders, bridged, tmp_path):
 
 # -- every analysis on a bridge model ---------------------------------------------------------------------------
 
-PROMPT = "The Eiffel Tower is located in the city of"
-
 
 def _smoke_commands(runs) -> dict[str, list[str]]:
-    small = ["--batch-tokens", "64", "--seq-len", "32", "--tokens", "512"]
+    small = ["--batch-tokens", "64", "--seq-len", "32", "--tokens", "512", "--buffer-tokens", "256"]
     return {
         "lens": ["lens", PROMPT],
-        "trace": ["trace", PROMPT, "--subject", "Eiffel Tower", "--samples", "2", "--window", "1"],
-        "patch": ["patch", "--clean", "The Eiffel Tower is in", "--corrupt", "The Colosseu is in"],
+        "trace": ["trace", PROMPT, "--subject", "Eiffel Tower", "--samples", "2", "--window", "1",
+                  "--noise-std", "0.5"],
+        "patch": ["patch", "--clean", "The Eiffel Tower is in", "--corrupt", "The Statue Tower is in"],
         "edit": ["edit", "--subject", "The Eiffel Tower", "--prompt", "{} is located in the city of",
-                 "--target", " Rome", "--layers", "0", "--stats-tokens", "256", "--generations", "0"],
+                 "--target", " Rome", "--layers", "0", "--stats-tokens", "10000", "--generations", "0"],
         "sae train": ["sae", "train", "--hook", "blocks.1.hook_resid_post", "--arch", "topk", "--k", "4",
                       "--expansion", "2", *small, "--out", str(runs / "sae")],
         "sae eval": ["sae", "eval", str(runs / "sae"), "--tokens", "256"],
@@ -294,7 +272,7 @@ def test_every_analysis_runs_on_a_bridge_model(folders, tmp_path, monkeypatch, c
         code = main([*argv, "--model", str(folders[name]), "--json"])
         out, err = capsys.readouterr()
         assert code == 0, f"{command}: {err.strip().splitlines()[-1:]}"
-        assert json.loads(out)["kind"], command
+        assert isinstance(json.loads(out), dict), command
     model = load_model(str(folders[name]))
     result = attention_patterns(model, PROMPT)
     assert result.pattern.shape[:2] == (2, 4)

@@ -145,7 +145,8 @@ def capture(model, tokens: torch.Tensor) -> Frozen:
     for l, block in enumerate(model.blocks):
         attn = block.attn
         W_V = (attn._W_V if hasattr(attn, "_W_V") else attn.W_V).detach().float()  # [kv, d, dh]
-        b_V = (attn._b_V if hasattr(attn, "_b_V") else attn.b_V).detach().float()  # [kv, dh]
+        b_V = attn._b_V if hasattr(attn, "_b_V") else attn.b_V  # [kv, dh]; None where the bridge has no bias
+        b_V = like.new_zeros(W_V.shape[0], W_V.shape[2]) if b_V is None else b_V.detach().float()
         W_O = attn.W_O.detach().float()  # [H, dh, d]
         kv, H = W_V.shape[0], W_O.shape[0]
         w1, b1 = _norm_params(model, block.ln1, d, like)

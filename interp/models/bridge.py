@@ -16,6 +16,7 @@ Architecture facts the bridge leaves to the Hugging Face code (Gemma's embedding
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import warnings
 from pathlib import Path
@@ -39,6 +40,13 @@ class BridgeModel(CheckedHooks, TransformerBridge):
     """A `TransformerBridge` whose hook-taking methods validate hook names."""
 
     loader = "transformer-bridge"
+
+    def run_with_hooks(self, *args: Any, fwd_hooks=(), bwd_hooks=(), **kwargs: Any):
+        return super().run_with_hooks(*args, fwd_hooks=_named(fwd_hooks), bwd_hooks=_named(bwd_hooks), **kwargs)
+
+    def hooks(self, fwd_hooks=(), bwd_hooks=(), *args: Any, **kwargs: Any):
+        """TransformerLens's temporary-hook context; hook functions see the names they were added under."""
+        return super().hooks(_named(fwd_hooks), _named(bwd_hooks), *args, **kwargs)
 
     def forward(self, input: Any, *args: Any, start_at_layer: int | None = None, **kwargs: Any):
         """`TransformerBridge.forward`, plus `HookedTransformer`'s `start_at_layer`: `input` is then the residual
@@ -66,6 +74,32 @@ class BridgeModel(CheckedHooks, TransformerBridge):
         placeholder = torch.zeros(resid.shape[:2], dtype=torch.long, device=resid.device)
         with _first_hook(self.hook_dict[f"blocks.{start_at_layer}.hook_resid_pre"], lambda act, hook: resid.to(act.dtype)):
             return super().forward(placeholder, *args, **kwargs)
+
+
+class _NamedPoint:
+    """A hook point as a hook function sees it, under the name the hook was added with: the bridge passes its
+    own point, named canonically (`blocks.0.hook_in` for `blocks.0.hook_resid_pre`), where `HookedTransformer`'s
+    point has the name asked for, and analyses key what they keep by `hook.name`."""
+
+    def __init__(self, point, name: str):
+        self._point, self.name = point, name
+
+    def __getattr__(self, attr: str):
+        return getattr(self._point, attr)
+
+
+def _named(hooks) -> list:
+    """(name, fn) hooks whose functions receive a `_NamedPoint` of that name (filter functions left as they are)."""
+    out = []
+    for name, fn in hooks:
+        if isinstance(name, str):
+            fn = functools.partial(_call_named, fn, name)
+        out.append((name, fn))
+    return out
+
+
+def _call_named(fn, name: str, act, hook):
+    return fn(act, hook=_NamedPoint(hook, name))
 
 
 @contextlib.contextmanager
