@@ -43,8 +43,8 @@ def _compare_lens_and_trace(model32, model16, answer_tol: float, score_tol: floa
     assert a.answer == b.answer
     assert a.dla.dtype == b.dla.dtype == torch.float32
     assert (a.answer_prob - b.answer_prob).abs().max() < answer_tol
-    ta = trace(model32, PROMPT, SUBJECT, samples=4, window=2, progress=False)
-    tb = trace(model16, PROMPT, SUBJECT, target=ta.answer, samples=4, window=2, progress=False)
+    ta = trace(model32, PROMPT, SUBJECT, samples=4, window=2, kinds=("hidden",), progress=False)
+    tb = trace(model16, PROMPT, SUBJECT, target=ta.answer, samples=4, window=2, kinds=("hidden",), progress=False)
     assert ta.answer == tb.answer and abs(ta.high - tb.high) < answer_tol
     assert tb.noise_std == pytest.approx(ta.noise_std, rel=0.02)  # the embedding scale, in float32 either way
     for kind in ta.scores:
