@@ -26,7 +26,6 @@ import torch
 
 from transformer_lens.model_bridge import TransformerBridge
 
-from interp.errors import InterpError
 from interp.hooks import resid_post
 from interp.models.hooked import CheckedHooks
 
@@ -116,7 +115,8 @@ def _first_hook(point, fn):
 
 
 def check_bridge_supports(folder: Path) -> None:
-    """Refuse, in one line, a model whose architecture `TransformerBridge` has no adapter for."""
+    """Raise ValueError (which the loader words as its one-line error) for a model whose architecture
+    `TransformerBridge` has no adapter for."""
     from transformer_lens.model_bridge.sources.transformers import determine_architecture_from_hf_config
     from transformers import AutoConfig
 
@@ -125,9 +125,8 @@ def check_bridge_supports(folder: Path) -> None:
         determine_architecture_from_hf_config(config)
     except ValueError:
         names = ", ".join(config.architectures or [config.model_type])
-        raise InterpError(f"TransformerLens supports neither {names} nor its model type {config.model_type!r} "
-                          f"(the model in {folder}); pass a causal LM such as Llama, Qwen, Gemma, OLMo or GPT-2"
-                          ) from None
+        raise ValueError(f"TransformerLens supports neither {names} nor its model type {config.model_type!r}"
+                         ) from None
 
 
 def boot_bridge(folder: Path, hf_model, tokenizer) -> BridgeModel:

@@ -317,7 +317,8 @@ def _load_bridged(folder: Path, device: str, dtype: torch.dtype, device_map: str
     on `device`, or placed by accelerate with `device_map`."""
     from interp.models.bridge import boot_bridge, check_bridge_supports
 
-    check_bridge_supports(folder)  # before the weights load
+    with _loading(folder):
+        check_bridge_supports(folder)  # before the weights load
     placement = {"device_map": device_map} if device_map else {}
     hf_model, tokenizer = _load_hf_folder(folder, dtype, attn_implementation="eager", **placement)
     with _loading(folder):
