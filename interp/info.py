@@ -15,7 +15,6 @@ class ModelInfo(Result):
     kind = "info"
     model: str
     architecture: str
-    loader: str  # "hooked-transformer" or "transformer-bridge": which TransformerLens class wraps the model
     n_layers: int
     d_model: int
     n_heads: int
@@ -26,6 +25,9 @@ class ModelInfo(Result):
     n_ctx: int
     n_params: int
     n_hooks: int
+    # "hooked-transformer" or "transformer-bridge": which TransformerLens class wraps the model (results saved
+    # before it was recorded read as the only loader there was)
+    loader: str = "hooked-transformer"
     hooks: list[str] = dataclasses.field(default_factory=list)
 
     def to_frame(self) -> pd.DataFrame:
