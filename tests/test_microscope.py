@@ -284,14 +284,15 @@ def test_cli_reads_a_text_file_and_prints_json(capsys, tmp_path):
 
 # -- the real default model ----------------------------------------------------------------------
 @pytest.mark.real
-def test_smollm_linearity_and_the_attention_sink(smollm):
-    """On SmolLM2 the layers are close to linear over the reference tokens, and the first token (the attention
-    sink, left out of the fit) is far less linear than the rest of the text in the middle layers."""
+def test_smollm_the_block_that_writes_the_massive_activation_is_the_least_linear(smollm):
+    """SmolLM2's block 11 writes the first token's massive activation (about 23,000 on dim 507): it is the least
+    linear layer over the reference tokens, and the first token of the text (the sink, left out of the fit) is
+    by far the least linear token there."""
     config = MicroscopeConfig(reference_tokens=1024, seq_len=128, id_points=256,
                               memory=MemoryConfig(window=2, steps=10, batch=64))
     r = microscope(smollm, "The Eiffel Tower, in Paris, is tall.", config=config)
-    assert ((r.linearity > 0.5) & (r.linearity < 1)).all()
+    assert ((r.linearity > 0) & (r.linearity < 1)).all()
+    assert int(r.linearity.argmin()) == 11 == int(r.nonlinearity[:, 0].argmax())
+    assert r.nonlinearity[11, 0] > 10 * r.nonlinearity[11, 1:].max()
     assert torch.isfinite(r.intrinsic_dim[1:]).all() and (r.intrinsic_dim[1:] > 1).all()
-    middle = r.nonlinearity[5:25]
-    assert (middle[:, 0] > middle[:, 1:].max(dim=1).values).float().mean() > 0.8
     assert r.token_classes[r.tokens.index(",")] == "punctuation"
