@@ -97,7 +97,7 @@ def test_restoration_gives_the_same_numbers_on_both_loaders(folders):
 
     hooked = load_model(str(folders["llama"]))
     bridge = load_model(str(folders["llama"]), loader="transformer-bridge")
-    a, b = (trace(m, "Eiffel Tower is in", "Eiffel", kinds=("hidden", "mlp"), samples=3, noise_std=0.5, window=1,
+    a, b = (trace(m, "Eiffel Tower is in", "Eiffel", kinds=("hidden", "mlp"), samples=2, noise_std=0.5, window=1,
                   progress=False) for m in (hooked, bridge))
     for kind in a.scores:
         torch.testing.assert_close(b.scores[kind], a.scores[kind], atol=1e-5, rtol=1e-4)
@@ -249,7 +249,8 @@ def _smoke_commands(runs) -> dict[str, list[str]]:
     small = ["--batch-tokens", "64", "--seq-len", "32", "--tokens", "512", "--buffer-tokens", "256"]
     return {
         "lens": ["lens", PROMPT],
-        "trace": ["trace", PROMPT, "--subject", "Eiffel Tower", "--samples", "2", "--window", "1",
+        "trace": ["trace", "Eiffel Tower is in", "--subject", "Eiffel Tower", "--samples", "2", "--window", "1",
+                  "--kind", "hidden",
                   "--noise-std", "0.5"],
         "patch": ["patch", "--clean", "The Eiffel Tower is in", "--corrupt", "The Statue Tower is in"],
         "edit": ["edit", "--subject", "The Eiffel Tower", "--prompt", "{} is located in the city of",
