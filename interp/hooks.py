@@ -94,8 +94,8 @@ def query_key(model, layer: int) -> tuple[str, str]:
     """The hooks of q and k as the scores use them: after the rotary embedding (`hook_rot_q`,
     `hook_rot_k`) on models that have one, else `hook_q`, `hook_k`."""
     rotated = f"blocks.{layer}.attn.hook_rot_q" in model.hook_dict
-    kind = "rot_" if rotated else ""
-    return f"blocks.{layer}.attn.hook_{kind}q", f"blocks.{layer}.attn.hook_{kind}k"
+    prefix = "rot_" if rotated else ""
+    return f"blocks.{layer}.attn.hook_{prefix}q", f"blocks.{layer}.attn.hook_{prefix}k"
 
 
 def attn_z(layer: int) -> str:
