@@ -2,7 +2,7 @@
 
 For every family in `interp.models.tiny.FAMILIES` a tiny random folder (2 layers, width 32, noisy norm weights and
 biases) is loaded with `load_model` and with plain transformers; prints per family the loader, the largest
-|logit difference| over one 40-token prompt and the load time, as JSON lines.
+|logit difference| over one 56-token prompt and the load time, as JSON lines.
 
     .venv/bin/python benchmarks/families.py
 """
