@@ -3,8 +3,10 @@ at some hooks to disk (`interp.streaming.write_shards`: safetensors shards of wh
 manifest), and `interp sae train --from-cache DIR` reads them instead of running the model.
 
 Training from a cache sees exactly the rows training from the model would (the same model batches, in the
-same order, flattened and cast to float32 the same way), so with the same seed it gives the same SAE, as
-long as the cache holds every token the run reads; past its end it starts again from its first batch (as
+same order, flattened and cast to float32 the same way), so with the same seed it gives the same SAE (bit
+for bit when the cache was written in the same process; from another process the CPU forward passes may
+differ in the last bits: 7e-6 on the default model's SAE weights), as long as the cache holds every token
+the run reads; past its end it starts again from its first batch (as
 the stream starts the corpus again). The model is not loaded: the manifest's fingerprints of the model's
 files, the model dtype and the corpus content are checked against the run's, so a cache of other weights
 or text is refused instead of silently used.
