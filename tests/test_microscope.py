@@ -85,7 +85,8 @@ def reference_two_nn(points: np.ndarray, fraction: float) -> float:
 @pytest.mark.parametrize("fraction", [0.2, 0.9])
 def test_two_nn_matches_a_brute_force_reference(fraction):
     points = np.random.default_rng(2).normal(size=(300, 4))
-    assert two_nn_dimension(torch.tensor(points), fraction) == pytest.approx(reference_two_nn(points, fraction))
+    estimate = two_nn_dimension(torch.tensor(points), fraction)  # distances in float32, the reference's in float64
+    assert estimate == pytest.approx(reference_two_nn(points, fraction), rel=1e-5)
 
 
 @pytest.mark.parametrize("dim", [2, 6])
