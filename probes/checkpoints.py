@@ -85,13 +85,13 @@ class ProbeCheckpointResult(Result):
         names = {s: escape_label(Path(s).name) for s in c["checkpoint"]}
         fig = make_subplots(rows=1, cols=2, specs=[[{"secondary_y": True}, {}]], subplot_titles=(
             "best-layer accuracy (cross-validated) and training loss",
-            f"accuracy per layer ({self.methods[0]})"))
+            escape_label(f"accuracy per layer ({self.methods[0]})")))
         for method, rows in c.groupby("method", sort=False):
             x = rows["step"].tolist() if by_step else [names[s] for s in rows["checkpoint"]]
             error = dict(type="data", symmetric=False, array=(rows.accuracy_hi - rows.accuracy).tolist(),
                          arrayminus=(rows.accuracy - rows.accuracy_lo).tolist())
             fig.add_trace(go.Scatter(x=x, y=rows.accuracy, error_y=error, mode="lines+markers",
-                                     name=f"{method} accuracy"), 1, 1)
+                                     name=escape_label(f"{method} accuracy")), 1, 1)
         first = c[c.method == self.methods[0]]
         if first["loss"].notna().any():
             x = first["step"].tolist() if by_step else [names[s] for s in first["checkpoint"]]

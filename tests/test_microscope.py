@@ -289,7 +289,7 @@ def test_smollm_the_block_that_writes_the_massive_activation_is_the_least_linear
     """SmolLM2's block 11 writes the first token's massive activation (about 23,000 on dim 507): it is the least
     linear layer over the reference tokens, and the first token of the text (the sink, left out of the fit) is
     by far the least linear token there."""
-    config = MicroscopeConfig(reference_tokens=1024, seq_len=128, id_points=256,
+    config = MicroscopeConfig(reference_tokens=4096, seq_len=128, id_points=256,  # 1,024 overfit 576 dims
                               memory=MemoryConfig(window=2, steps=10, batch=64))
     r = microscope(smollm, "The Eiffel Tower, in Paris, is tall.", config=config)
     assert ((r.linearity > 0) & (r.linearity < 1)).all()

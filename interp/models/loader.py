@@ -52,10 +52,15 @@ def _build_atomically(folder: Path, build) -> Path:
 
 def spec_name(spec: str) -> str:
     """A model's short name: a built-in spec itself, else its folder name or `.gguf` file stem, so that the same
-    model loaded through another path (relative, absolute, a copy under the same name) keeps its name."""
+    model loaded through another path (relative, absolute, a copy under the same name) keeps its name. A built-in
+    model's cache folder (`<spec>-<content key>`) is named by its spec."""
     if spec in SPECS:
         return spec
     path = Path(spec).expanduser()
+    if path.parent.resolve() == cache_dir("models").resolve():
+        for builtin in SPECS:
+            if path.name.startswith(builtin + "-"):
+                return builtin
     return path.stem if path.suffix == ".gguf" else path.name
 
 
