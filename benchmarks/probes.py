@@ -47,9 +47,9 @@ def fit_all(acts: torch.Tensor, dataset, method: str, folds: int = 5) -> float:
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
     from probes.estimators import make_probe
-    from probes.sweep import _splitter
+    from probes.sweep import cv_splits
 
-    splits = _splitter(dataset, folds, seed=0)
+    splits = cv_splits(dataset, folds, seed=0)
     start = time.perf_counter()
     for layer in range(acts.shape[0]):
         X = acts[layer].double().numpy()

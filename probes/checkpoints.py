@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from interp.errors import InterpError
 from interp.results import Result, register_result
 from probes.datasets import ProbeDataset
-from probes.sweep import _splitter, check_classifiers, probe_layers
+from probes.sweep import check_classifiers, cv_splits, probe_layers
 
 
 def training_loss(spec: str) -> float | None:
@@ -124,7 +124,7 @@ def probe_checkpoints(specs: str | Path | Sequence[str | Path], dataset: ProbeDa
 
     resolved = check_checkpoints(specs)
     methods = check_classifiers(methods, dataset, "--checkpoints")
-    _splitter(dataset, folds, seed)
+    cv_splits(dataset, folds, seed)
     per_layer, best = [], []
     for spec, step in tqdm(resolved, desc="checkpoints", unit="model", file=sys.stderr, disable=not progress):
         model = load_model(spec, device=device, dtype=dtype)

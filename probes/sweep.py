@@ -110,7 +110,9 @@ class ProbeSweepResult(Result):
         return "\n".join(lines)
 
 
-def _splitter(dataset: ProbeDataset, folds: int, seed: int):
+def cv_splits(dataset: ProbeDataset, folds: int, seed: int):
+    """The (train, test) index pairs of `folds`-fold cross-validation: stratified when binary, whole groups kept on
+    one side when the dataset has groups; raises the one-line error when a class has fewer groups than folds."""
     from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
     groups = dataset.groups or list(range(len(dataset)))
@@ -178,7 +180,7 @@ def sweep(acts: torch.Tensor, dataset: ProbeDataset, layers: Sequence[int], meth
     if acts.shape[:2] != (len(layers), len(dataset)):
         raise InterpError(f"activations of shape {tuple(acts.shape)} do not match {len(layers)} layers x "
                           f"{len(dataset)} rows; collect them for this dataset")
-    splits = _splitter(dataset, folds, seed)
+    splits = cv_splits(dataset, folds, seed)
     tests = tests or {}
     for test, _ in tests.values():
         if not test.binary and any(m in CLASSIFIERS for m in methods):
