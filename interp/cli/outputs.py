@@ -109,8 +109,12 @@ def _check_folder(path: Path, flag: str, keep: bool) -> None:
             if folder.exists() and not folder.is_dir():
                 raise InterpError(f"{flag} {path}: {folder} is a file, not a folder; check the path")
             if not folder.is_dir():
-                folder.mkdir()
-                made.append(folder)
+                try:
+                    folder.mkdir()
+                    made.append(folder)
+                except FileExistsError:  # another process of the same run (torchrun) made it just now
+                    if not folder.is_dir():
+                        raise
         with tempfile.TemporaryFile(dir=path):
             pass
         stats = os.statvfs(path)
