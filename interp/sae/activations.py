@@ -44,6 +44,11 @@ def flat_tokens(acts: torch.Tensor, skip_positions: int = 0) -> torch.Tensor:
     return acts.reshape(acts.shape[0] * acts.shape[1], -1)
 
 
+def token_view(acts: torch.Tensor, skip_positions: int = 0) -> torch.Tensor:
+    """[batch, seq, ...] -> [batch, seq - skip, width] without a copy (heads are concatenated)."""
+    return acts[:, skip_positions:].flatten(2)
+
+
 def norm_medians(rows: torch.Tensor, d_in: int) -> torch.Tensor:
     """Median norm of each part of `rows` ([input] or [input | target]), float64."""
     parts = [rows[:, :d_in]] + ([rows[:, d_in:]] if rows.shape[1] > d_in else [])
@@ -74,7 +79,8 @@ def check_activations_finite(rows: torch.Tensor, hook: str, where: str) -> None:
 
 
 class ActivationSource:
-    """Iterate {hook: rows [tokens, width]} per model batch, forever; `epoch` and `batch_in_epoch` say where it is."""
+    """Iterate {hook: [batch, seq - skip, width] views} per model batch, forever; `epoch` and `batch_in_epoch`
+    say where it is. `SplitRows` makes each member's rows from them with one copy."""
 
     def __init__(self, model, hooks: list[str], corpus: Corpus, batch_size: int, seq_len: int,
                  skip_positions: int, epoch: int = 0, batch_in_epoch: int = 0):
@@ -88,7 +94,7 @@ class ActivationSource:
                                         skip_batches=self.batch_in_epoch, progress=False)
             served = 0
             for _, acts in stream:
-                rows = {h: flat_tokens(acts[h], self.skip_positions).float() for h in self.hooks}
+                rows = {h: token_view(acts[h], self.skip_positions) for h in self.hooks}
                 for hook, value in rows.items():
                     check_activations_finite(value, hook, f"epoch {self.epoch}, model batch {self.batch_in_epoch}")
                 self.batch_in_epoch += 1
@@ -125,5 +131,10 @@ class SplitRows:
         if self._batches is None:
             self._batches = iter(self.source)
         acts = next(self._batches)
+        made: dict[tuple[str, ...], torch.Tensor] = {}  # members on the same hooks share their rows
         for queue, hooks in zip(self.waiting, self.member_hooks):
-            queue.append(torch.cat([acts[h] for h in hooks], dim=-1) if len(hooks) > 1 else acts[hooks[0]])
+            key = tuple(hooks)
+            if key not in made:
+                joined = torch.cat([acts[h] for h in hooks], dim=-1) if len(hooks) > 1 else acts[hooks[0]]
+                made[key] = joined.reshape(-1, joined.shape[-1]).float()  # [tokens, width]: the one copy
+            queue.append(made[key])

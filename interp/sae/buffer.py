@@ -43,11 +43,13 @@ class MixingBuffer:
         while self._pooled() < self.capacity:
             self.add(next(source))
         self._join()
-        pool = self.pool[torch.randperm(len(self.pool), generator=self.generator)]
+        order = torch.randperm(len(self.pool), generator=self.generator)
         keep = int(self.capacity * self.mix_fraction)
-        # copies, so that the shuffled pool is freed: a buffer holds about `capacity` rows between refills
-        self.ready = torch.cat(([self.ready] if self.ready is not None else []) + [pool[keep:]])
-        self.pool = pool[:keep].clone()
+        # one gather per part, no shuffled copy of the whole pool: a buffer holds about `capacity` rows
+        # between refills, and each row is copied once per shuffle
+        served = self.pool.index_select(0, order[keep:])
+        self.ready = torch.cat([self.ready, served]) if self.ready is not None and len(self.ready) else served
+        self.pool = self.pool.index_select(0, order[:keep])
 
     def state(self) -> dict[str, torch.Tensor]:
         self._join()

@@ -30,7 +30,7 @@ import torch
 
 from interp.errors import InterpError
 from interp.results import Result, register_result
-from interp.sae.activations import check_activations_finite, flat_tokens
+from interp.sae.activations import check_activations_finite, token_view
 from interp.sae.distributed import Dist
 
 MANIFEST = "manifest.json"
@@ -176,7 +176,7 @@ def check_cache(folder: str | Path, hooks: list[str], model: str, dtype: str, co
 
 
 class CachedSource:
-    """Like `ActivationSource`, from a cache folder: {hook: rows [tokens, width] float32} per model batch, forever.
+    """Like `ActivationSource`, from a cache folder: {hook: [batch, seq - skip, width] views} per model batch, forever.
 
     Under torchrun, process `rank` reads model batches rank, rank + world, ... `epoch` and `batch_in_epoch`
     say where it is (what a checkpoint keeps).
@@ -211,7 +211,7 @@ class CachedSource:
             for index, acts in enumerate(self._batches()):
                 if index < self.batch_in_epoch or index % self.d.world != self.d.rank:
                     continue
-                rows = {h: flat_tokens(acts[h], self.skip_positions).float() for h in self.hooks}
+                rows = {h: token_view(acts[h], self.skip_positions) for h in self.hooks}
                 for hook, value in rows.items():
                     check_activations_finite(value, hook, f"{self.folder}, epoch {self.epoch}, model batch {index}")
                 self.batch_in_epoch = index + 1
