@@ -52,6 +52,8 @@ def register(sub, common) -> None:
     t.add_argument("--seed", type=nonneg_int, default=None)
     t.add_argument("--outlier-ratio", type=nonneg_float, default=None,
                    help="leave out tokens whose norm exceeds this x the median (massive activations; default 10, 0 keeps all)")
+    t.add_argument("--dead-window-tokens", type=positive_int, default=None,
+                   help="a latent silent for this many tokens is dead: AuxK trains it (topk, batchtopk; default 10000)")
     t.add_argument("--from-cache", default=None, metavar="DIR", help="read the activations from an `interp sae cache` "
                    "folder instead of running the model (it must match --model, --dtype, --corpus, --seq-len, "
                    "--lm-batch-size)")
@@ -139,6 +141,7 @@ def run_train(args):
               "batch_tokens": args.batch_tokens, "sparsity_coefficient": args.sparsity_coefficient,
               "seq_len": args.seq_len, "lm_batch_size": args.lm_batch_size, "buffer_tokens": args.buffer_tokens,
               "checkpoint_every": args.checkpoint_every, "seed": args.seed, "outlier_ratio": args.outlier_ratio,
+              "dead_window_tokens": args.dead_window_tokens,
               "k": ks[0] if len(ks) == 1 else None, "expansion": expansions[0] if len(expansions) == 1 else None}
     fields = {k: v for k, v in fields.items() if v is not None}
     sweep = len(ks) > 1 or len(expansions) > 1
