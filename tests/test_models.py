@@ -303,3 +303,17 @@ def test_folders_that_cannot_load_are_one_line_errors(tmp_path, capsys):
         load_model(str(tmp_path / "bio"))
     with pytest.raises(InterpError, match="unknown device 'cpux'"):
         load_model("tiny-llama", device="cpux")
+
+
+def test_model_names_survive_other_paths_to_the_same_model(tmp_path):
+    """An SAE names the model it was trained on by `spec_name`: the default GGUF passed by its path, a built-in
+    model's cache folder and a folder copy under the same name all keep the name."""
+    from interp.cache import cache_dir
+    from interp.models import gguf
+    from interp.models.loader import DEFAULT_MODEL, spec_name
+
+    assert spec_name(str(gguf.default_gguf_path())) == DEFAULT_MODEL
+    assert spec_name(str(tmp_path / gguf.DEFAULT_GGUF)) == DEFAULT_MODEL
+    assert spec_name(str(cache_dir("models") / "tiny-llama-0123456789ab")) == "tiny-llama"
+    assert spec_name(str(tmp_path / "other.gguf")) == "other"
+    assert spec_name(str(tmp_path / "my-model")) == "my-model"

@@ -53,10 +53,13 @@ def _build_atomically(folder: Path, build) -> Path:
 def spec_name(spec: str) -> str:
     """A model's short name: a built-in spec itself, else its folder name or `.gguf` file stem, so that the same
     model loaded through another path (relative, absolute, a copy under the same name) keeps its name. A built-in
-    model's cache folder (`<spec>-<content key>`) is named by its spec."""
+    model's cache folder (`<spec>-<content key>`) is named by its spec, and so is the default model's GGUF file
+    passed by its path (an SAE trained on `smollm2-135m` fits `--model .../SmolLM2-135M-Instruct.Q4_1.gguf`)."""
     if spec in SPECS:
         return spec
     path = Path(spec).expanduser()
+    if path.name == gguf.DEFAULT_GGUF:
+        return DEFAULT_MODEL
     if path.parent.resolve() == cache_dir("models").resolve():
         for builtin in SPECS:
             if path.name.startswith(builtin + "-"):
