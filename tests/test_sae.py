@@ -310,3 +310,34 @@ def test_real_model_topk_sae_learns_and_loads_in_sae_lens(smollm, tmp_path):
     assert mse.iloc[-8:].median() < 0.6 * mse.iloc[:8].median()
     sae = SAE.load_from_disk(tmp_path / "real")
     assert sae.cfg.d_in == 576 and sae.cfg.metadata.hook_name == "blocks.3.hook_resid_post"
+
+
+def test_auxk_revives_latents_that_never_win_the_top_k(tiny_llama, tmp_path):
+    """With a dead window shorter than the run AuxK trains the silent latents, and fewer stay silent than
+    with a window the run never reaches (where AuxK never starts)."""
+    from safetensors.torch import load_file
+
+    from interp.sae.io import SPARSITY_FILE
+
+    never_fired = {}
+    for window in (256, 10**9):
+        out = tmp_path / str(window)
+        train(tiny_llama, tiny_cfg(hook=LN2, hook_out=MLP_OUT, width=512, tokens=8192, dead_window_tokens=window), out)
+        never_fired[window] = int((load_file(str(out / SPARSITY_FILE))["sparsity"] < -9).sum())
+    assert never_fired[10**9] > 0, "the test needs latents that never fire without AuxK"
+    assert never_fired[256] < 0.5 * never_fired[10**9], never_fired
+
+
+def test_dead_window_reaches_the_training_config(tmp_path, monkeypatch):
+    from interp.cli import main
+
+    seen = {}
+
+    def fake_train(model, cfg, out, **kw):
+        seen["window"] = cfg.dead_window_tokens
+        raise InterpError("stop here")
+
+    monkeypatch.setattr("interp.sae.train", fake_train)
+    assert main(["sae", "train", "--model", "tiny-llama", "--hook", RESID, "--dead-window-tokens", "4096",
+                 "--tokens", "256", "--out", str(tmp_path / "x")]) == 2
+    assert seen == {"window": 4096}
