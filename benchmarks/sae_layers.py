@@ -31,9 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 LN2, MLP_OUT = "blocks.{l}.ln2.hook_normalized", "blocks.{l}.hook_mlp_out"
 
 
-def step_seconds(d_model: int, expansion: float, k: int, sparse: bool, steps: int = 12) -> float:
+def step_seconds(d_model: int, expansion: float, k: int, sparse: bool, steps: int = 12, dead_share: float = 0.0) -> float:
     """Median seconds of one transcoder training step (1024 tokens): ours (sparse decoding, fused Adam, as
-    `interp.sae.train` runs it) or sae-lens's (dense decoding, its default Adam)."""
+    `interp.sae.train` runs it) or sae-lens's (dense decoding, its default Adam); `dead_share` of the latents
+    dead (AuxK on)."""
     from sae_lens import TopKTrainingSAE
     from sae_lens.saes.sae import TrainStepInput
 
@@ -45,7 +46,7 @@ def step_seconds(d_model: int, expansion: float, k: int, sparse: bool, steps: in
     forward = sae.training_forward_pass if sparse else lambda s: TopKTrainingSAE.training_forward_pass(sae, s)
     optimizer = torch.optim.Adam(sae.parameters(), fused=sparse)
     x = torch.randn(1024, 2 * d_model)
-    dead = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+    dead = torch.rand(sae.cfg.d_sae, generator=torch.Generator().manual_seed(0)) < dead_share
     times = []
     for i in range(steps):
         started = time.perf_counter()
@@ -65,6 +66,8 @@ def train_run(model: str, layers: str, out: Path, args) -> dict:
            "--layers", layers, "--arch", "topk", "--k", str(args.k), "--expansion", str(args.expansion),
            "--tokens", str(args.tokens), "--buffer-tokens", str(args.buffer_tokens), "--checkpoint-every", "0",
            "--out", str(out), "--json"]
+    if args.dead_window_tokens:
+        cmd += ["--dead-window-tokens", str(args.dead_window_tokens)]
     threads = str(args.threads)
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": threads, "INTERP_THREADS": threads})
@@ -97,6 +100,10 @@ def main() -> None:
     parser.add_argument("--eval-tokens", type=int, default=2048)
     parser.add_argument("--set-eval-tokens", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dead-window-tokens", type=int, default=None,
+                        help="AuxK's dead window (default: training's). Most of a 20k-token run falls in the revival "
+                             "after the first window, when most latents are dead and AuxK costs 2-3 member steps; a "
+                             "window beyond --tokens measures the steady state of a long run, where few are dead")
     parser.add_argument("--repeats", type=int, default=1, help="alternate the two trainings this many times")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -108,10 +115,15 @@ def main() -> None:
     model = load_model(args.model)
     d_model = model.cfg.d_model
     report: dict = {"model": args.model, "tokens": args.tokens, "k": args.k, "expansion": args.expansion,
+                    "dead_window_tokens": args.dead_window_tokens,
                     "buffer_tokens": args.buffer_tokens, "threads": args.threads, "layer": args.layer}
 
     sparse, dense = (step_seconds(d_model, args.expansion, args.k, s) for s in (True, False))
     report["member_step_s"] = {"ours": round(sparse, 4), "sae_lens": round(dense, 4), "speedup": round(dense / sparse, 2)}
+    aux = {share: (step_seconds(d_model, args.expansion, args.k, True, dead_share=share),
+                   step_seconds(d_model, args.expansion, args.k, False, dead_share=share)) for share in (0.05, 0.7)}
+    report["member_step_with_auxk_s"] = {f"{share:.0%} dead": {"ours": round(o, 4), "sae_lens": round(d, 4)}
+                                         for share, (o, d) in aux.items()}
 
     tmp = Path(tempfile.mkdtemp(prefix="sae-layers-"))
     runs: dict[str, list[dict]] = {"one": [], "all": []}
@@ -139,6 +151,8 @@ def main() -> None:
                               "replacement_ce_loss_score": round(result.replacement["ce_loss_score"], 4)}
 
     print(f"member step: ours {sparse * 1e3:.1f} ms, sae-lens {dense * 1e3:.1f} ms ({dense / sparse:.2f}x)")
+    for share, (o, d) in aux.items():
+        print(f"  with {share:.0%} of latents dead (AuxK): ours {o * 1e3:.1f} ms, sae-lens {d * 1e3:.1f} ms")
     for name in ("one_layer", "all_layers"):
         r = report[name]
         print(f"{name:11} {r['members']:>3} SAEs  {r['seconds']:>7.1f} s  {r['tokens_per_s']:>7.1f} tok/s  "
