@@ -38,11 +38,15 @@ def test_every_command_runs_in_bfloat16_and_saes_stay_float32(tmp_path, capsys):
     assert {p.dtype for p in sae.parameters()} == {torch.float32}
 
 
-def _compare_lens_and_trace(model32, model16, answer_tol: float, score_tol: float) -> None:
+def _compare_lens(model32, model16, answer_tol: float) -> None:
     a, b = logit_lens(model32, PROMPT), logit_lens(model16, PROMPT)
     assert a.answer == b.answer
     assert a.dla.dtype == b.dla.dtype == torch.float32
     assert (a.answer_prob - b.answer_prob).abs().max() < answer_tol
+
+
+def _compare_lens_and_trace(model32, model16, answer_tol: float, score_tol: float) -> None:
+    _compare_lens(model32, model16, answer_tol)
     ta = trace(model32, PROMPT, SUBJECT, samples=4, window=2, kinds=("hidden",), progress=False)
     tb = trace(model16, PROMPT, SUBJECT, target=ta.answer, samples=4, window=2, kinds=("hidden",), progress=False)
     assert ta.answer == tb.answer and abs(ta.high - tb.high) < answer_tol
@@ -57,7 +61,8 @@ def test_bfloat16_lens_and_trace_agree_with_float32_on_tiny_llama(tiny_llama, ti
 
 
 @pytest.mark.real
-def test_bfloat16_lens_and_trace_agree_with_float32_on_the_default_model(smollm):
-    """The default model in bfloat16: " Paris", its probability within 0.05 and every traced cell within 10%
-    of the clean probability of float32's."""
-    _compare_lens_and_trace(smollm, load_model("smollm2-135m", dtype="bfloat16"), answer_tol=0.05, score_tol=0.1)
+def test_bfloat16_lens_agrees_with_float32_on_the_default_model(smollm):
+    """The default model in bfloat16: " Paris", and every layer's probability of it within 0.05 of float32's.
+    (The trace is compared on tiny-llama only: on CPUs without bfloat16 units its 1,200 corrupted runs of
+    the default model took over 10 minutes.)"""
+    _compare_lens(smollm, load_model("smollm2-135m", dtype="bfloat16"), answer_tol=0.05)
