@@ -101,8 +101,7 @@ class SparseTopKTraining:
         acts = self._selected(x, pre, idx, norms).relu()
         sae_out = self._decode_selected(idx, acts, norms) + self.b_dec
         mse = self.mse_loss_fn(sae_out, step_input.sae_in).sum(dim=-1).mean()
-        aux = self._aux_loss(self._target(step_input.sae_in), sae_out, x, pre, hidden_pre, norms,
-                             step_input.dead_neuron_mask)
+        aux = self._aux_loss(self._target(step_input.sae_in), sae_out, x, pre, hidden_pre, step_input.dead_neuron_mask)
         tokens = torch.arange(len(idx), device=idx.device).repeat_interleave(idx.shape[1])
         feature_acts = torch.sparse_coo_tensor(torch.stack([tokens, idx.reshape(-1)]), acts.detach().reshape(-1),
                                                pre.shape, is_coalesced=True, check_invariants=False)  # sorted
@@ -111,7 +110,7 @@ class SparseTopKTraining:
                                losses={"mse_loss": mse, "auxiliary_reconstruction_loss": aux})
 
     def _aux_loss(self, target: torch.Tensor, sae_out: torch.Tensor, x: torch.Tensor, pre: torch.Tensor,
-                  hidden_pre: torch.Tensor, norms: torch.Tensor | None, dead: torch.Tensor | None) -> torch.Tensor:
+                  hidden_pre: torch.Tensor, dead: torch.Tensor | None) -> torch.Tensor:
         """sae-lens's AuxK loss (Gao et al. 2024): the top d_out/2 dead latents reconstruct the residual.
 
         Computed on the dead latents' columns only, as dense products: with a short dead window AuxK runs
@@ -124,16 +123,13 @@ class SparseTopKTraining:
         k_aux = target.shape[-1] // 2
         scale = min(n_dead / k_aux, 1.0)
         cols = dead.nonzero().squeeze(1)
+        # sae-lens scales by the decoder norms (rescaling) and divides them out to decode: values are `pre`'s
         values = _Columns.apply(x, self.W_enc, self.b_enc, pre, cols)  # [tokens, n_dead]
-        if norms is not None:
-            values = values * norms[cols]
         if n_dead > k_aux:
             with torch.no_grad():
                 top = hidden_pre.index_select(1, cols).topk(k_aux, dim=-1, sorted=False).indices
-                keep = torch.zeros(values.shape, dtype=values.dtype, device=values.device).scatter_(1, top, 1.0)
+                keep = torch.zeros_like(values).scatter_(1, top, 1.0)
             values = values * keep
-        if norms is not None:
-            values = values / norms[cols]
         recons = values @ self.W_dec.index_select(0, cols)
         residual = (target - sae_out).detach()
         return self.cfg.aux_loss_coefficient * scale * (recons - residual).pow(2).sum(dim=-1).mean()
