@@ -135,22 +135,25 @@ def test_ddp_with_two_gloo_processes_trains_every_member(tmp_path, tiny_llama):
         assert load_sae(tmp_path / "ddp" / ddp["name"]).cfg.d_sae == 256
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))])
 @pytest.mark.parametrize("transcoder", [False, True], ids=["sae", "transcoder"])
-@pytest.mark.parametrize("dead_share", [0.0, 0.05, 0.5])
-def test_sparse_topk_step_equals_sae_lens_dense_step(transcoder, dead_share):
+@pytest.mark.parametrize("dead_share", [0.0, 0.05, 0.5, 0.9])
+def test_sparse_topk_step_equals_sae_lens_dense_step(transcoder, dead_share, device):
     from sae_lens import TopKTrainingSAE
     from sae_lens.saes.sae import TrainStepInput
 
     from interp.sae.build import training_sae
 
     hooks = dict(hook="blocks.1.ln2.hook_normalized", hook_out="blocks.1.hook_mlp_out") if transcoder else dict(hook="x")
-    sae = training_sae(TrainConfig(**hooks, k=8, width=256), 64, 64 if transcoder else None, {})
+    sae = training_sae(TrainConfig(**hooks, k=8, width=256, device=device), 64, 64 if transcoder else None, {})
     torch.manual_seed(0)
     with torch.no_grad():
         sae.b_dec.normal_()
         sae.b_enc.normal_()
-    step = TrainStepInput(sae_in=torch.randn(100, 128 if transcoder else 64), coefficients={},
-                          dead_neuron_mask=torch.rand(256) < dead_share, n_training_steps=0, is_logging_step=False)
+    step = TrainStepInput(sae_in=torch.randn(100, 128 if transcoder else 64, device=device), coefficients={},
+                          dead_neuron_mask=torch.rand(256, device=device) < dead_share, n_training_steps=0,
+                          is_logging_step=False)
     runs = []
     for forward in (sae.training_forward_pass, lambda s: TopKTrainingSAE.training_forward_pass(sae, s)):
         out = forward(step)

@@ -26,8 +26,8 @@ class MixingBuffer:
     def add(self, rows: torch.Tensor) -> None:
         """Append `rows` [n, width] to the pool."""
         n = len(rows)
-        if len(self.free) < n:
-            self._grow(len(self.slots) + n, rows)
+        if len(self.free) < n:  # a pool reaches at most capacity + one added batch - 1 rows
+            self._grow(max(len(self.slots) + n, self.capacity + n), rows)
         ids, self.free = self.free[:n], self.free[n:]
         self.storage.index_copy_(0, ids, rows)
         self.slots = torch.cat([self.slots, ids])
