@@ -65,11 +65,11 @@ def step_seconds(d_model: int, expansion: float, k: int, sparse: bool, steps: in
     return sorted(times[2:])[len(times[2:]) // 2]
 
 
-def train_run(model: str, layers: str, out: Path, args, tokens: int | None = None) -> dict:
-    """`interp sae train --layers LAYERS` in its own process (on --tokens unless `tokens`); its JSON result."""
+def train_run(model: str, layers: str, out: Path, args, tokens: int) -> dict:
+    """`interp sae train --layers LAYERS --tokens TOKENS` in its own process; its JSON result."""
     cmd = [sys.executable, "-m", "interp", "sae", "train", "--model", model, "--hook", LN2, "--hook-out", MLP_OUT,
            "--layers", layers, "--arch", "topk", "--k", str(args.k), "--expansion", str(args.expansion),
-           "--tokens", str(tokens or args.tokens), "--buffer-tokens", str(args.buffer_tokens), "--checkpoint-every", "0",
+           "--tokens", str(tokens), "--buffer-tokens", str(args.buffer_tokens), "--checkpoint-every", "0",
            "--out", str(out), "--json"]
     if args.dead_window_tokens:
         cmd += ["--dead-window-tokens", str(args.dead_window_tokens)]
@@ -116,6 +116,8 @@ def main() -> None:
                              "extra time: a short run forwards about 1.5 tokens per trained token (the first fill and "
                              "the rows left in the buffer) and pays one-time costs, a long run neither")
     args = parser.parse_args()
+    if args.marginal_tokens and args.marginal_tokens <= args.tokens:
+        parser.error(f"--marginal-tokens must be more than --tokens ({args.tokens})")
     torch.set_num_threads(args.threads)
 
     from interp.models import load_model

@@ -186,8 +186,8 @@ class Trainer:
         first = []
         while sum(len(r) for r in first) < self.cfg.norm_tokens:
             first.append(next(rows))
-        for rows in first:
-            self.buffer.add(rows)
+        for chunk in first:
+            self.buffer.add(chunk)
         x = torch.cat(first)
         medians = distributed.all_reduce(norm_medians(x, self.d_in), self.d, "mean")
         self._set_limits((medians * self.cfg.outlier_ratio).tolist() if self.cfg.outlier_ratio else None)
