@@ -84,7 +84,21 @@ def test_sweep_over_k_trains_one_member_per_value(tiny_llama, tmp_path, capsys):
                  "--out", str(out), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert [m["name"] for m in result["members"]] == ["k-2", "k-4"]
+    assert result["steady_tokens_per_s"] > 0 and result["tokens_per_s"] > 0
     assert [load_sae(out / f"k-{k}").cfg.k for k in (2, 4)] == [2, 4]
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_long_run_rate_adds_the_source_cost_per_token_to_the_step_cost_per_trained_token(world):
+    from types import SimpleNamespace
+
+    from interp.sae.train import RunTiming
+
+    rows = SimpleNamespace(source_seconds=2.0, source_tokens=4000)  # this process's model passes
+    timing = RunTiming.measure(tokens=1000, seconds=10.0, step_seconds=3.0, rows=rows, world=world)
+    assert timing.seconds == 10.0 and timing.tokens_per_s == 100.0
+    per_token = 2.0 / 4000 + 3.0 / (1000 / world)  # each process trains its share of the tokens
+    assert timing.steady_tokens_per_s == pytest.approx(world / per_token)
 
 
 def test_resume_continues_every_member_exactly(tiny_llama, tmp_path, monkeypatch):

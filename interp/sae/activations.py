@@ -12,6 +12,7 @@ few of them most of the variance that explained variance is measured against.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 
@@ -119,6 +120,8 @@ class SplitRows:
         self.source, self.member_hooks = source, [list(h) for h in member_hooks]
         self.waiting: list[deque[torch.Tensor]] = [deque() for _ in self.member_hooks]
         self._batches: Iterator[dict[str, torch.Tensor]] | None = None
+        self.source_seconds = 0.0  # spent making activation batches (model forward passes or cache reads)
+        self.source_tokens = 0  # tokens those batches held
 
     def member(self, i: int) -> Iterator[torch.Tensor]:
         """Member i's rows, one model batch at a time, forever."""
@@ -130,7 +133,11 @@ class SplitRows:
     def _read(self) -> None:
         if self._batches is None:
             self._batches = iter(self.source)
+        started = time.perf_counter()
         acts = next(self._batches)
+        self.source_seconds += time.perf_counter() - started
+        first = next(iter(acts.values()))
+        self.source_tokens += first.numel() // first.shape[-1]
         made: dict[tuple[str, ...], torch.Tensor] = {}  # members on the same hooks share their rows
         for queue, hooks in zip(self.waiting, self.member_hooks):
             key = tuple(hooks)

@@ -69,6 +69,7 @@ class SAETrainResult(Result):
     dead_fraction: float
     outliers_left_out: int  # tokens left out for a norm above the limits
     history: pd.DataFrame  # step, tokens, loss, mse, l0, explained_variance, dead_fraction, lr
+    steady_tokens_per_s: float = 0.0  # a long run's rate, without one-time costs (`RunTiming`); 0 if unknown
 
     def to_frame(self) -> pd.DataFrame:
         return self.history
@@ -88,7 +89,8 @@ class SAETrainResult(Result):
     def summary(self) -> str:
         what = f"transcoder {self.hook} -> {self.hook_out}" if self.hook_out else f"SAE on {self.hook}"
         return (f"trained {self.arch} {what}: {self.d_in} -> {self.d_sae} latents, {self.tokens:,} tokens, "
-                f"{self.steps} steps, {self.processes} process(es), {self.tokens_per_s:,.0f} tok/s\n"
+                f"{self.steps} steps, {self.processes} process(es), {self.tokens_per_s:,.0f} tok/s "
+                f"({self.steady_tokens_per_s:,.0f} in a long run)\n"
                 f"final batch: loss {self.loss:.4g}, L0 {self.l0:.1f}, explained variance {self.explained_variance:.3f}, "
                 f"dead {self.dead_fraction:.1%}; {self.outliers_left_out:,} outlier tokens left out\nsaved to {self.out}")
 
@@ -108,6 +110,7 @@ class SAESetTrainResult(Result):
     tokens_per_s: float
     peak_memory_mb: float  # peak resident memory of this process
     members: pd.DataFrame  # name, folder, hook, hook_out, layer, arch, k, d_sae, loss, l0, explained_variance, dead_fraction, outliers_left_out
+    steady_tokens_per_s: float = 0.0  # a long run's rate, without one-time costs (`RunTiming`); 0 if unknown
 
     def to_frame(self) -> pd.DataFrame:
         return self.members
@@ -125,9 +128,34 @@ class SAESetTrainResult(Result):
         cols = ["name", "hook_out", "arch", "k", "d_sae", "l0", "explained_variance", "dead_fraction", "outliers_left_out"]
         table = self.members[[c for c in cols if self.members[c].notna().any()]]
         return (f"trained {len(self.members)} SAEs from one pass: {self.tokens:,} tokens, {self.steps} steps, "
-                f"{self.processes} process(es), {self.tokens_per_s:,.0f} tok/s, peak memory {self.peak_memory_mb:,.0f} MB\n"
+                f"{self.processes} process(es), {self.tokens_per_s:,.0f} tok/s ({self.steady_tokens_per_s:,.0f} in a long "
+                f"run), peak memory {self.peak_memory_mb:,.0f} MB\n"
                 f"{table.to_string(index=False, float_format=lambda v: f'{v:.3f}')}\n"
                 f"last batch of each; saved to {self.out}/<name>, listed in {io.SET_FILE}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunTiming:
+    """How fast a training run went, measured in it.
+
+    A short run pays one-time costs (the members' first fill and normalisation) and forwards more tokens than
+    it trains (the buffer's first fill); a long run pays neither. `steady_tokens_per_s` is that long run's
+    rate: the source's cost per token (model forward passes or cache reads) plus the training steps' cost per
+    trained token (steps, buffers, checkpoints), each measured in this run.
+    """
+
+    seconds: float  # the whole run, first fill included
+    tokens_per_s: float  # tokens trained (all processes) / seconds
+    steady_tokens_per_s: float  # a long run's rate, all processes
+    peak_memory_mb: float  # peak resident memory of this process
+
+    @classmethod
+    def measure(cls, tokens: int, seconds: float, step_seconds: float, rows: SplitRows, world: int) -> RunTiming:
+        """`tokens` trained in `seconds`, of which `step_seconds` went to training steps (not the source)."""
+        per_token = rows.source_seconds / max(rows.source_tokens, 1) + step_seconds / max(tokens / world, 1)
+        return cls(seconds=seconds, tokens_per_s=tokens / max(seconds, 1e-9),
+                   steady_tokens_per_s=world / max(per_token, 1e-12) if tokens else 0.0,
+                   peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def fire_counts(feature_acts: torch.Tensor) -> torch.Tensor:
@@ -402,7 +430,7 @@ def train_set(model, members: Mapping[str, TrainConfig], out: str | Path, resume
     weights that `train` with its own config would give. Resume, torchrun and `cache` work as for `train`.
     """
     out = Path(out)
-    results, seconds, tokens_per_s, peak = _run(model, dict(members), out, resume, corpus, d, cache)
+    results, timing = _run(model, dict(members), out, resume, corpus, d, cache)
     frame = pd.DataFrame([{
         "name": name, "folder": r.out, "hook": r.hook, "hook_out": r.hook_out, "layer": hook_layer(r.hook),
         "arch": r.arch, "k": members[name].k, "d_sae": r.d_sae, "loss": r.loss, "l0": r.l0,
@@ -410,17 +438,15 @@ def train_set(model, members: Mapping[str, TrainConfig], out: str | Path, resume
         "outliers_left_out": r.outliers_left_out} for name, r in zip(members, results)])
     first = results[0]
     return SAESetTrainResult(out=str(out), tokens=first.tokens, steps=first.steps, processes=first.processes,
-                             resumed_from_step=first.resumed_from_step, seconds=seconds, tokens_per_s=tokens_per_s,
-                             peak_memory_mb=peak, members=frame)
+                             resumed_from_step=first.resumed_from_step, seconds=timing.seconds,
+                             tokens_per_s=timing.tokens_per_s, steady_tokens_per_s=timing.steady_tokens_per_s,
+                             peak_memory_mb=timing.peak_memory_mb, members=frame)
 
 
 def _run(model, members: dict[str, TrainConfig], out: Path, resume: bool, corpus, d: Dist | None,
-         cache: str | Path | None = None) -> tuple[list[SAETrainResult], float, float, float]:
+         cache: str | Path | None = None) -> tuple[list[SAETrainResult], RunTiming]:
     """Train `members` ({name: config}; the name '' saves to `out` itself) from one activation stream
-    (the model's, or a cache folder's).
-
-    Returns (per-member results, seconds, tokens/s, peak resident memory in MB).
-    """
+    (the model's, or a cache folder's). Returns the per-member results and the run's timing."""
     from interp.corpus import load_corpus
 
     d = d or Dist()
@@ -483,25 +509,29 @@ def _run(model, members: dict[str, TrainConfig], out: Path, resume: bool, corpus
     started = time.perf_counter()
     for i, t in enumerate(trainers):
         t.start(rows.member(i))
+    fit_started, source_before = time.perf_counter(), rows.source_seconds
     _fit(trainers, cfg, d, save_checkpoint)
-    seconds = time.perf_counter() - started
-    tokens_per_s = (trainers[0].step - start_step) * cfg.batch_tokens / max(seconds, 1e-9)
-    results = [_finish(t, d, start_step, seconds, tokens_per_s) for t in trainers]
+    ended = time.perf_counter()
+    timing = RunTiming.measure(tokens=(trainers[0].step - start_step) * cfg.batch_tokens, seconds=ended - started,
+                               step_seconds=ended - fit_started - (rows.source_seconds - source_before),
+                               rows=rows, world=d.world)
+    results = [_finish(t, d, start_step, timing) for t in trainers]
     distributed.barrier(d)
     if d.main:
         if "" not in members:
             io.write_set(out, [{"name": name, "hook": c.hook, "hook_out": c.hook_out, "layer": hook_layer(c.hook),
                                 "arch": c.arch, "k": c.k, "d_sae": r.d_sae} for (name, c), r in zip(members.items(), results)],
                          {"model": cfg.model, "tokens": results[0].tokens, "processes": d.world,
-                          "seconds": seconds, "tokens_per_s": tokens_per_s})
+                          "seconds": timing.seconds, "tokens_per_s": timing.tokens_per_s,
+                          "steady_tokens_per_s": timing.steady_tokens_per_s})
         (out / CONFIG_FILE).unlink(missing_ok=True)
         shutil.rmtree(checkpoint.checkpoint_root(out), ignore_errors=True)
     distributed.barrier(d)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return results, seconds, tokens_per_s, peak_mb
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # saving included
+    return results, dataclasses.replace(timing, peak_memory_mb=peak)
 
 
-def _finish(t: Trainer, d: Dist, start_step: int, seconds: float, tokens_per_s: float) -> SAETrainResult:
+def _finish(t: Trainer, d: Dist, start_step: int, timing: RunTiming) -> SAETrainResult:
     """Save one member (process 0) and summarise it."""
     cfg, stats = t.cfg, t.last
     density = t.fired / max(1, t.step * cfg.batch_tokens)
@@ -510,12 +540,13 @@ def _finish(t: Trainer, d: Dist, start_step: int, seconds: float, tokens_per_s: 
     training = {"config": cfg.to_dict(), "steps": t.step, "tokens": t.step * cfg.batch_tokens,
                 "processes": d.world, "scale_in": t.scale_in, "scale_out": t.scale_out,
                 "norm_limits": t.limits, "outlier_tokens_left_out": excluded,
-                "final": stats, "dead_fraction": dead_fraction, "tokens_per_s": tokens_per_s}
+                "final": stats, "dead_fraction": dead_fraction, "tokens_per_s": timing.tokens_per_s,
+                "steady_tokens_per_s": timing.steady_tokens_per_s}
     if d.main:
         io.save_trained(t.sae, t.folder, t.scale_in, t.scale_out, torch.log10(density + 1e-10), training)
     return SAETrainResult(
         out=str(t.folder), arch=cfg.arch, hook=cfg.hook, hook_out=cfg.hook_out, d_in=t.d_in, d_sae=t.sae.cfg.d_sae,
         tokens=t.step * cfg.batch_tokens, steps=t.step, processes=d.world, resumed_from_step=start_step,
-        seconds=seconds, tokens_per_s=tokens_per_s, loss=stats.get("loss", float("nan")), l0=stats.get("l0", float("nan")),
+        seconds=timing.seconds, tokens_per_s=timing.tokens_per_s, steady_tokens_per_s=timing.steady_tokens_per_s, loss=stats.get("loss", float("nan")), l0=stats.get("l0", float("nan")),
         explained_variance=stats.get("explained_variance", float("nan")), dead_fraction=dead_fraction,
         outliers_left_out=excluded, history=pd.DataFrame(t.history))
