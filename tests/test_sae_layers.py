@@ -181,6 +181,44 @@ def test_sparse_topk_step_equals_sae_lens_dense_step(transcoder, dead_share, dev
         assert torch.allclose(ours_grads[name], grad, rtol=1e-4, atol=1e-6 * float(grad.abs().max())), name
 
 
+def test_trainer_steps_update_every_weight_as_plain_adam_on_sae_lens_dense_steps():
+    """The trainer's Adam runs on contiguous views of W_enc's latent-major storage: the weights it gives after
+    three steps are those of sae-lens's dense step and unfused Adam on an ordinary copy of the SAE."""
+    import copy
+
+    from sae_lens import TopKTrainingSAE
+    from sae_lens.saes.sae import TrainStepInput
+
+    from interp.sae.train import Trainer, lr_at
+
+    cfg = TrainConfig(hook="blocks.1.ln2.hook_normalized", hook_out="blocks.1.hook_mlp_out", k=8, width=256,
+                      tokens=4096, batch_tokens=128, lr=1e-2, dead_window_tokens=10**9)
+    trainer = Trainer(cfg, 64, 64, {})
+    trainer.scale_in = trainer.scale_out = 1.0
+    assert trainer.sae.W_enc.stride() == (1, 64)  # latent-major
+    initial = {name: p.detach().clone() for name, p in trainer.sae.named_parameters()}
+    ref = copy.deepcopy(trainer.sae)
+    ref.W_enc = torch.nn.Parameter(ref.W_enc.detach().contiguous())
+    adam = torch.optim.Adam(ref.parameters(), lr=cfg.lr, fused=False)
+    torch.manual_seed(0)
+    for step in range(3):
+        x = torch.randn(128, 128)
+        trainer._step(x, log=False)
+        trainer.step += 1
+        out = TopKTrainingSAE.training_forward_pass(ref, TrainStepInput(
+            sae_in=x, coefficients={}, dead_neuron_mask=torch.zeros(256, dtype=torch.bool), n_training_steps=step,
+            is_logging_step=False))
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
+        adam.param_groups[0]["lr"] = lr_at(cfg, step)
+        adam.step()
+        adam.zero_grad()
+    for name, p in ref.named_parameters():
+        ours = dict(trainer.sae.named_parameters())[name]
+        assert not torch.equal(ours, initial[name]), name
+        assert torch.allclose(ours, p, rtol=1e-4, atol=1e-5), name
+
+
 def test_set_eval_scores_each_member_as_alone_and_the_replacement_model(tiny_llama, tiny_set):
     from interp.sae.evaluate import evaluate, evaluate_set
 

@@ -189,7 +189,9 @@ class Trainer:
         self.cfg, self.d, self.d_in, self.name, self.folder = cfg, d, d_in, name, folder
         self.sae = training_sae(cfg, d_in, d_out, metadata)
         self.forward = distributed.train_step_fn(self.sae, d)
-        self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999),
+        self._params = list(self.sae.parameters())
+        self._adam_params = [_storage_order(p) for p in self._params]
+        self.optimizer = torch.optim.Adam(self._adam_params, lr=cfg.lr, betas=(0.9, 0.999),
                                           fused=torch.device(cfg.device).type in ("cpu", "cuda"))  # its update 5x faster on CPU
         self.coefficients = {name: c.value if isinstance(c, TrainCoefficientConfig) else float(c)
                              for name, c in self.sae.get_coefficients().items()}
@@ -271,8 +273,12 @@ class Trainer:
         lr = lr_at(cfg, self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        for view, p in zip(self._adam_params, self._params):
+            if view is not p:
+                view.grad = p.grad.T  # autograd gives a gradient its parameter's strides
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        sae.zero_grad(set_to_none=True)
         with torch.no_grad():
             fired = distributed.all_reduce(fire_counts(out.feature_acts).double().cpu(), self.d)
             self.since_fired += cfg.batch_tokens
@@ -335,6 +341,15 @@ class Trainer:
         self.step, self.scale_in, self.scale_out = meta["step"], meta["scale_in"], meta["scale_out"]
         self._set_limits(meta["limits"])
         self.history = meta["history"]
+
+
+def _storage_order(p: torch.nn.Parameter) -> torch.nn.Parameter:
+    """`p`, or where `p` is a transposed matrix (the sparse TopK step's W_enc) a Parameter over the same
+    storage in its own order: fused Adam copies a strided parameter in and out at every step (3 ms of a
+    90 ms step at d_in 576), and updates a parameter wrongly where its state's strides differ from its own."""
+    if p.dim() == 2 and not p.is_contiguous() and p.T.is_contiguous():
+        return torch.nn.Parameter(p.data.T)
+    return p
 
 
 def _checkpoint_due(cfg: TrainConfig, step: int) -> bool:
