@@ -145,7 +145,7 @@ def test_resume_folder_from_another_config_is_refused_and_left_alone(tiny_llama,
 
 
 def test_ddp_with_two_gloo_processes_matches_one_process(tmp_path, tiny_llama):
-    args = ["--nproc-per-node", "2", "-m", "interp", "sae", "train", "--model", "tiny-llama", "--hook", RESID,
+    args = ["--standalone", "--nproc-per-node", "2", "-m", "interp", "sae", "train", "--model", "tiny-llama", "--hook", RESID,
             "--arch", "topk", "--k", "8", "--width", "256", "--tokens", "8192", "--batch-tokens", "256",
             "--lr", "1e-2", "--seq-len", "64", "--lm-batch-size", "4", "--out", str(tmp_path / "ddp"), "--json"]
     torchrun = Path(sys.executable).with_name("torchrun")

@@ -132,7 +132,7 @@ def test_resume_continues_every_member_exactly(tiny_llama, tmp_path, monkeypatch
 
 
 def test_ddp_with_two_gloo_processes_trains_every_member(tmp_path, tiny_llama):
-    args = ["--nproc-per-node", "2", "-m", "interp", "sae", "train", "--model", "tiny-llama", "--hook", LN2,
+    args = ["--standalone", "--nproc-per-node", "2", "-m", "interp", "sae", "train", "--model", "tiny-llama", "--hook", LN2,
             "--hook-out", MLP_OUT, "--layers", "0,2", "--k", "8", "--width", "256", "--tokens", "8192",
             "--batch-tokens", "256", "--lr", "1e-2", "--seq-len", "64", "--lm-batch-size", "4",
             "--out", str(tmp_path / "ddp"), "--json"]
@@ -179,6 +179,41 @@ def test_sparse_topk_step_equals_sae_lens_dense_step(transcoder, dead_share, dev
     assert float(ours.loss) == pytest.approx(float(dense.loss), rel=1e-6)
     for name, grad in dense_grads.items():
         assert torch.allclose(ours_grads[name], grad, rtol=1e-4, atol=1e-6 * float(grad.abs().max())), name
+
+
+@pytest.mark.parametrize("shape, k", [((300, 2304), 32), ((7, 256), 8), ((5, 64), 16), ((3, 100), 4)])
+def test_top_k_picks_the_columns_torch_topk_picks(shape, k):
+    from interp.sae.topk import top_k
+
+    hidden = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    hidden[0, :] = hidden[0, :].abs() * -1  # a row of negatives
+    hidden[1, : shape[1] // 8] += 10  # a row whose top k all lie in one run of columns
+    expected = hidden.topk(k, dim=-1).indices.sort(dim=-1).values
+    assert torch.equal(top_k(hidden, k), expected)
+
+
+def test_row_norms_backward_equals_torch_norm_backward_zero_rows_included():
+    from interp.sae.topk import _RowNorms
+
+    w = torch.randn(6, 5)
+    w[2] = 0
+    grad = torch.randn(6)
+    grads = []
+    for norms in (_RowNorms.apply, lambda t: t.norm(dim=-1)):
+        leaf = w.clone().requires_grad_()
+        norms(leaf).backward(grad)
+        grads.append(leaf.grad)
+    assert torch.allclose(*grads) and torch.equal(_RowNorms.apply(w), w.norm(dim=-1))
+    assert torch.equal(grads[0][2], torch.zeros(5))
+
+
+def test_encoder_product_equals_addmm_to_rounding():
+    from interp.sae.topk import encode
+
+    w_storage, b = torch.randn(256, 64), torch.randn(256)
+    x = torch.randn(100, 128)[:, :64]  # a transcoder's input half of its packed rows
+    assert torch.allclose(encode(x, w_storage.T, b), torch.addmm(b, x, w_storage.T), rtol=1e-5, atol=1e-5)
+    assert torch.allclose(encode(x, w_storage.T.contiguous(), b), torch.addmm(b, x, w_storage.T), rtol=1e-5, atol=1e-5)
 
 
 def test_trainer_steps_update_every_weight_as_plain_adam_on_sae_lens_dense_steps():

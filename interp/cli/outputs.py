@@ -102,6 +102,8 @@ def _check_html(path: Path, flag: str) -> None:
 def _check_folder(path: Path, flag: str, keep: bool) -> None:
     """Create `path` (and missing parents) if needed and a temporary file in it, then remove the folders
     made unless `keep`; raise naming the fix when that fails or the disk is full."""
+    if os.environ.get("RANK", "0") != "0":  # under torchrun process 0 probes (and removes what it made)
+        return
     made: list[Path] = []
     kept = False
     try:
@@ -112,7 +114,7 @@ def _check_folder(path: Path, flag: str, keep: bool) -> None:
                 try:
                     folder.mkdir()
                     made.append(folder)
-                except FileExistsError:  # another process of the same run (torchrun) made it just now
+                except FileExistsError:  # made just now by another run
                     if not folder.is_dir():
                         raise
         with tempfile.TemporaryFile(dir=path):

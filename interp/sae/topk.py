@@ -23,6 +23,18 @@ from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
 
 
+_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def encode(x: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor) -> torch.Tensor:
+    """x @ W_enc + b_enc [tokens, d_sae], without autograd. On CPU in float32, oneDNN's linear kernel (the one
+    torch.compile uses) on W_enc's latent-major storage: 8% faster than MKL's addmm at 1024 x 576 x 2304 on
+    AVX2, equal to rounding."""
+    if _ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype == torch.float32 and w_enc.T.is_contiguous():
+        return torch.ops.mkldnn._linear_pointwise(x, w_enc.T, b_enc, "none", [], "")
+    return torch.addmm(b_enc, x, w_enc)
+
+
 def top_k(hidden: torch.Tensor, k: int, groups: int = 8) -> torch.Tensor:
     """[tokens, k]: the columns of each row's k largest values (`hidden.topk(k)`'s, ties aside), ascending.
 
@@ -186,7 +198,7 @@ class SparseTopKTraining:
         x = self.process_sae_in(step_input.sae_in)
         norms = _RowNorms.apply(self.W_dec) if self.cfg.rescale_acts_by_decoder_norm else None
         with torch.no_grad():  # sae-lens's hidden_pre, in place
-            hidden = torch.addmm(self.b_enc, x, self.W_enc)
+            hidden = encode(x, self.W_enc, self.b_enc)
             if norms is not None:
                 hidden.mul_(norms)
             idx = top_k(hidden, self.cfg.k)
