@@ -289,8 +289,8 @@ class Trainer:
             if not log:
                 return None
             target = x[:, self.d_in:] if cfg.is_transcoder else x
-            resid = (out.sae_out - target).pow(2).sum()
-            total = (target - target.mean(0)).pow(2).sum()
+            resid = torch.nn.functional.mse_loss(out.sae_out, target, reduction="sum")  # one pass each
+            total = target.var(0, correction=0).sum() * len(target)
             return {"step": self.step, "tokens": (self.step + 1) * cfg.batch_tokens, "loss": float(out.loss),
                     "mse": float(out.losses["mse_loss"]),
                     "l0": float(fired.sum()) / len(x) / self.d.world, "explained_variance": float(1 - resid / total),
