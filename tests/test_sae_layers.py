@@ -254,6 +254,23 @@ def test_trainer_steps_update_every_weight_as_plain_adam_on_sae_lens_dense_steps
         assert torch.allclose(ours, p, rtol=1e-4, atol=1e-5), name
 
 
+def test_a_checkpoint_whose_adam_moments_do_not_fit_the_parameters_is_refused():
+    """Moments saved for W_enc in another layout (an earlier version) would update it silently wrong."""
+    from interp.sae.train import Trainer
+
+    cfg = TrainConfig(hook="blocks.1.ln2.hook_normalized", hook_out="blocks.1.hook_mlp_out", k=8, width=256,
+                      tokens=4096, batch_tokens=128)
+    trainer = Trainer(cfg, 64, 64, {})
+    trainer.scale_in = trainer.scale_out = 1.0
+    trainer._step(torch.randn(128, 128), log=False)
+    tensors, meta = trainer.state()
+    Trainer(cfg, 64, 64, {}).load_state(tensors, meta)  # its own state loads
+    moment = next(k for k, v in tensors.items() if k.startswith("optim.") and v.shape == (256, 64))
+    tensors[moment] = tensors[moment].T.contiguous()
+    with pytest.raises(InterpError, match="new --out"):
+        Trainer(cfg, 64, 64, {}).load_state(tensors, meta)
+
+
 def test_set_eval_scores_each_member_as_alone_and_the_replacement_model(tiny_llama, tiny_set):
     from interp.sae.evaluate import evaluate, evaluate_set
 

@@ -45,6 +45,11 @@ def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Te
         if name.startswith("optim."):
             _, index, key = name.split(".", 2)
             state.setdefault(int(index), {})[key] = value
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, moments in state.items():
+        if index >= len(params) or any(v.dim() and v.shape != params[index].shape for v in moments.values()):
+            raise InterpError("the checkpoint's optimizer state does not fit this version's parameters; "
+                              "start again in a new --out")
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
