@@ -38,30 +38,36 @@ LN2, MLP_OUT = "blocks.{l}.ln2.hook_normalized", "blocks.{l}.hook_mlp_out"
 
 
 def step_seconds(d_model: int, expansion: float, k: int, sparse: bool, steps: int = 12, dead_share: float = 0.0) -> float:
-    """Median seconds of one transcoder training step (1024 tokens): ours (sparse decoding, fused Adam, as
-    `interp.sae.train` runs it) or sae-lens's (dense decoding, its default Adam); `dead_share` of the latents
-    dead (AuxK on)."""
+    """Median seconds of one transcoder training step (1024 tokens): ours (the trainer's own step: sparse
+    decoding, fused Adam on W_enc's storage, clipping) or sae-lens's (dense decoding, its default Adam,
+    clipping); `dead_share` of the latents dead (AuxK on)."""
     from sae_lens import TopKTrainingSAE
     from sae_lens.saes.sae import TrainStepInput
 
-    from interp.sae.build import training_sae
     from interp.sae.config import TrainConfig
+    from interp.sae.train import Trainer
 
     cfg = TrainConfig(hook="blocks.0.ln2.hook_normalized", hook_out="blocks.0.hook_mlp_out", k=k, expansion=expansion)
-    sae = training_sae(cfg, d_model, d_model, {})
-    forward = sae.training_forward_pass if sparse else lambda s: TopKTrainingSAE.training_forward_pass(sae, s)
-    optimizer = torch.optim.Adam(sae.parameters(), fused=sparse)
+    trainer = Trainer(cfg, d_model, d_model, {})
+    trainer.scale_in = trainer.scale_out = 1.0
+    sae = trainer.sae
+    optimizer = torch.optim.Adam(sae.parameters())
     x = torch.randn(1024, 2 * d_model)
     dead = torch.rand(sae.cfg.d_sae, generator=torch.Generator().manual_seed(0)) < dead_share
-    times = []
-    for i in range(steps):
-        started = time.perf_counter()
-        out = forward(TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=dead, n_training_steps=i,
-                                     is_logging_step=False))
+
+    def dense_step(i: int) -> None:
+        out = TopKTrainingSAE.training_forward_pass(sae, TrainStepInput(
+            sae_in=x, coefficients={}, dead_neuron_mask=dead, n_training_steps=i, is_logging_step=False))
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+    times = []
+    for i in range(steps):
+        trainer.since_fired = dead.double() * cfg.dead_window_tokens  # the same latents dead every step
+        started = time.perf_counter()
+        trainer._step(x, log=False) if sparse else dense_step(i)
         times.append(time.perf_counter() - started)
     return sorted(times[2:])[len(times[2:]) // 2]
 
