@@ -139,10 +139,10 @@ def main() -> None:
                                          for share, (o, d) in aux.items()}
 
     tmp = Path(tempfile.mkdtemp(prefix="sae-layers-"))
-    runs: dict[str, list[dict]] = {}
+    runs: dict[str, list[dict]] = {"one": [], "all": []}
     for i in range(args.repeats):
         for name, layers in (("one", str(args.layer)), ("all", "all")):
-            runs.setdefault(name, []).append(train_run(args.model, layers, tmp / f"{name}-{i}", args))
+            runs[name].append(train_run(args.model, layers, tmp / f"{name}-{i}", args))
     one, every = (min(runs[name], key=lambda r: r["seconds"]) for name in ("one", "all"))
     for name, run in (("one_layer", one), ("all_layers", every)):
         report[name] = {"members": len(run["members"]), "seconds": round(run["seconds"], 1),

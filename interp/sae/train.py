@@ -147,15 +147,13 @@ class RunTiming:
     seconds: float  # the whole run, first fill included
     tokens_per_s: float  # tokens trained (all processes) / seconds
     steady_tokens_per_s: float  # a long run's rate, all processes
-    peak_memory_mb: float  # peak resident memory of this process
 
     @classmethod
     def measure(cls, tokens: int, seconds: float, step_seconds: float, rows: SplitRows, world: int) -> RunTiming:
         """`tokens` trained in `seconds`, of which `step_seconds` went to training steps (not the source)."""
         per_token = rows.source_seconds / max(rows.source_tokens, 1) + step_seconds / max(tokens / world, 1)
         return cls(seconds=seconds, tokens_per_s=tokens / max(seconds, 1e-9),
-                   steady_tokens_per_s=world / max(per_token, 1e-12) if tokens else 0.0,
-                   peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+                   steady_tokens_per_s=world / max(per_token, 1e-12) if tokens else 0.0)
 
 
 def fire_counts(feature_acts: torch.Tensor) -> torch.Tensor:
@@ -445,7 +443,7 @@ def train_set(model, members: Mapping[str, TrainConfig], out: str | Path, resume
     weights that `train` with its own config would give. Resume, torchrun and `cache` work as for `train`.
     """
     out = Path(out)
-    results, timing = _run(model, dict(members), out, resume, corpus, d, cache)
+    results, timing, peak = _run(model, dict(members), out, resume, corpus, d, cache)
     frame = pd.DataFrame([{
         "name": name, "folder": r.out, "hook": r.hook, "hook_out": r.hook_out, "layer": hook_layer(r.hook),
         "arch": r.arch, "k": members[name].k, "d_sae": r.d_sae, "loss": r.loss, "l0": r.l0,
@@ -455,13 +453,14 @@ def train_set(model, members: Mapping[str, TrainConfig], out: str | Path, resume
     return SAESetTrainResult(out=str(out), tokens=first.tokens, steps=first.steps, processes=first.processes,
                              resumed_from_step=first.resumed_from_step, seconds=timing.seconds,
                              tokens_per_s=timing.tokens_per_s, steady_tokens_per_s=timing.steady_tokens_per_s,
-                             peak_memory_mb=timing.peak_memory_mb, members=frame)
+                             peak_memory_mb=peak, members=frame)
 
 
 def _run(model, members: dict[str, TrainConfig], out: Path, resume: bool, corpus, d: Dist | None,
-         cache: str | Path | None = None) -> tuple[list[SAETrainResult], RunTiming]:
+         cache: str | Path | None = None) -> tuple[list[SAETrainResult], RunTiming, float]:
     """Train `members` ({name: config}; the name '' saves to `out` itself) from one activation stream
-    (the model's, or a cache folder's). Returns the per-member results and the run's timing."""
+    (the model's, or a cache folder's). Returns the per-member results, the run's timing and this process's
+    peak resident memory in MB (saving included)."""
     from interp.corpus import load_corpus
 
     d = d or Dist()
@@ -542,8 +541,7 @@ def _run(model, members: dict[str, TrainConfig], out: Path, resume: bool, corpus
         (out / CONFIG_FILE).unlink(missing_ok=True)
         shutil.rmtree(checkpoint.checkpoint_root(out), ignore_errors=True)
     distributed.barrier(d)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # saving included
-    return results, dataclasses.replace(timing, peak_memory_mb=peak)
+    return results, timing, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _finish(t: Trainer, d: Dist, start_step: int, timing: RunTiming) -> SAETrainResult:
@@ -562,6 +560,7 @@ def _finish(t: Trainer, d: Dist, start_step: int, timing: RunTiming) -> SAETrain
     return SAETrainResult(
         out=str(t.folder), arch=cfg.arch, hook=cfg.hook, hook_out=cfg.hook_out, d_in=t.d_in, d_sae=t.sae.cfg.d_sae,
         tokens=t.step * cfg.batch_tokens, steps=t.step, processes=d.world, resumed_from_step=start_step,
-        seconds=timing.seconds, tokens_per_s=timing.tokens_per_s, steady_tokens_per_s=timing.steady_tokens_per_s, loss=stats.get("loss", float("nan")), l0=stats.get("l0", float("nan")),
+        seconds=timing.seconds, tokens_per_s=timing.tokens_per_s, steady_tokens_per_s=timing.steady_tokens_per_s,
+        loss=stats.get("loss", float("nan")), l0=stats.get("l0", float("nan")),
         explained_variance=stats.get("explained_variance", float("nan")), dead_fraction=dead_fraction,
         outliers_left_out=excluded, history=pd.DataFrame(t.history))
