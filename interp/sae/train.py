@@ -160,7 +160,7 @@ def fire_counts(feature_acts: torch.Tensor) -> torch.Tensor:
     """[d_sae] tokens each latent is active on, from dense [tokens, d_sae] activations or sparse COO ones."""
     if not feature_acts.is_sparse:
         return torch.count_nonzero(feature_acts, dim=0)
-    latents, values = feature_acts.indices()[1], feature_acts.values()
+    latents, values = feature_acts._indices()[1], feature_acts._values()  # COO pairs, coalesced or not
     return torch.zeros(feature_acts.shape[1], dtype=torch.long, device=values.device).index_add_(0, latents, (values > 0).long())
 
 
