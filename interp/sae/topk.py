@@ -204,7 +204,9 @@ class SparseTopKTraining:
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         if self.hook_z_reshaping_mode:
             return super().training_forward_pass(step_input)
-        x = self.process_sae_in(step_input.sae_in)
+        # a transcoder's input is the strided left half of its [input | target] rows: the encoder product and
+        # the input rows' sums each run about 0.7 ms faster on a contiguous copy (which costs 0.1 ms)
+        x = self.process_sae_in(step_input.sae_in).contiguous()
         norms = _RowNorms.apply(self.W_dec) if self.cfg.rescale_acts_by_decoder_norm else None
         with torch.no_grad():  # sae-lens's hidden_pre, in place
             hidden = encode(x, self.W_enc, self.b_enc)
