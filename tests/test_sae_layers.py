@@ -236,6 +236,7 @@ def test_trainer_steps_update_every_weight_as_plain_adam_on_sae_lens_dense_steps
     ref.W_enc = torch.nn.Parameter(ref.W_enc.detach().contiguous())
     adam = torch.optim.Adam(ref.parameters(), lr=cfg.lr, fused=False)
     torch.manual_seed(0)
+    norms = []
     for step in range(3):
         x = torch.randn(128, 128)
         trainer._step(x, log=False)
@@ -244,7 +245,7 @@ def test_trainer_steps_update_every_weight_as_plain_adam_on_sae_lens_dense_steps
             sae_in=x, coefficients={}, dead_neuron_mask=torch.zeros(256, dtype=torch.bool), n_training_steps=step,
             is_logging_step=False))
         out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
+        norms.append(float(torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)))
         adam.param_groups[0]["lr"] = lr_at(cfg, step)
         adam.step()
         adam.zero_grad()
@@ -252,6 +253,7 @@ def test_trainer_steps_update_every_weight_as_plain_adam_on_sae_lens_dense_steps
         ours = dict(trainer.sae.named_parameters())[name]
         assert not torch.equal(ours, initial[name]), name
         assert torch.allclose(ours, p, rtol=1e-4, atol=1e-5), name
+    assert min(norms) > 1  # every step clipped (inside fused Adam, ours)
 
 
 def test_a_checkpoint_whose_adam_moments_do_not_fit_the_parameters_is_refused():

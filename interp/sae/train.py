@@ -265,9 +265,13 @@ class Trainer:
         out.loss.backward()
         grads = [p.grad for p in sae.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm(grads)
-        if grad_norm + 1e-6 > 1.0:  # clip at 1 as clip_grad_norm_ would (it multiplies by exactly 1.0 otherwise)
-            torch.nn.utils.clip_grads_with_norm_(sae.parameters(), 1.0, grad_norm)
         self._check_finite(out.loss, grad_norm)
+        # clip at 1 as clip_grad_norm_ would (it multiplies by exactly 1.0 otherwise). Fused Adam divides the
+        # gradients by its `grad_scale` as it reads them (AMP's unscaling): the clipping costs no pass of its own
+        clip = grad_norm + 1e-6 > 1.0
+        self.optimizer.grad_scale = grad_norm + 1e-6 if clip and self.optimizer.defaults["fused"] else None
+        if clip and self.optimizer.grad_scale is None:
+            torch.nn.utils.clip_grads_with_norm_(sae.parameters(), 1.0, grad_norm)
         lr = lr_at(cfg, self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
