@@ -269,7 +269,8 @@ class Trainer:
         # clip at 1 as clip_grad_norm_ would (it multiplies by exactly 1.0 otherwise). Fused Adam divides the
         # gradients by its `grad_scale` as it reads them (AMP's unscaling): the clipping costs no pass of its own
         clip = grad_norm + 1e-6 > 1.0
-        self.optimizer.grad_scale = grad_norm + 1e-6 if clip and self.optimizer.defaults["fused"] else None
+        fused = self.optimizer.defaults["fused"]  # its kernels read a float32 scale, as AMP gives them
+        self.optimizer.grad_scale = (grad_norm + 1e-6).float() if clip and fused else None
         if clip and self.optimizer.grad_scale is None:
             torch.nn.utils.clip_grads_with_norm_(sae.parameters(), 1.0, grad_norm)
         lr = lr_at(cfg, self.step)
