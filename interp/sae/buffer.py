@@ -79,8 +79,7 @@ class MixingBuffer:
         rows = [t for t in (pool, ready) if t.numel()]
         self.storage = torch.cat(rows) if rows else None
         device = self.storage.device if self.storage is not None else torch.device("cpu")
-        n_pool, n_ready = len(pool) if pool.numel() else 0, len(ready) if ready.numel() else 0
-        self.slots = torch.arange(n_pool, device=device)
-        self.queue = torch.arange(n_pool, n_pool + n_ready, device=device)
+        self.slots = torch.arange(len(pool), device=device)  # an empty part is torch.zeros(0): length 0
+        self.queue = torch.arange(len(pool), len(pool) + len(ready), device=device)
         self.free = torch.zeros(0, dtype=torch.long, device=device)
         self.generator.set_state(state["generator"])

@@ -268,10 +268,9 @@ class Trainer:
         self._check_finite(out.loss, grad_norm)
         # clip at 1 as clip_grad_norm_ would (it multiplies by exactly 1.0 otherwise). Fused Adam divides the
         # gradients by its `grad_scale` as it reads them (AMP's unscaling): the clipping costs no pass of its own
-        clip = grad_norm + 1e-6 > 1.0
-        fused = self.optimizer.defaults["fused"]  # its kernels read a float32 scale, as AMP gives them
-        self.optimizer.grad_scale = (grad_norm + 1e-6).float() if clip and fused else None
-        if clip and self.optimizer.grad_scale is None:
+        clip, fused = grad_norm + 1e-6 > 1.0, self.optimizer.defaults["fused"]
+        self.optimizer.grad_scale = (grad_norm + 1e-6).float() if clip and fused else None  # float32, as AMP's
+        if clip and not fused:
             torch.nn.utils.clip_grads_with_norm_(sae.parameters(), 1.0, grad_norm)
         lr = lr_at(cfg, self.step)
         for group in self.optimizer.param_groups:
